@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny BERT classifier built in-process (with MiniLM's real tokenizer),
+a tiny synthetic sentiment dataset, and the real-data directory check."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.models import resolve
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 random BERT saved as a Hugging Face directory."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve("minilm")))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+POS = ["good", "great", "wonderful", "fine", "lovely", "superb", "excellent", "nice"]
+NEG = ["bad", "awful", "terrible", "poor", "dreadful", "boring", "horrible", "weak"]
+FILL = ["the", "movie", "was", "really", "plot", "acting", "and", "quite", "story"]
+
+
+def synthetic_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(FILL, rng.randint(2, 6)) + [rng.choice(POS if label else NEG)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), str(label)))
+    return rows
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> dict[str, Path]:
+    """train.tsv / dev.tsv with a header, sentence<TAB>label, a learnable toy sentiment task."""
+    paths = {}
+    for split, n, seed in (("train", 96, 1), ("dev", 32, 2)):
+        path = tmp_path / f"{split}.tsv"
+        lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in synthetic_rows(n, seed)]
+        path.write_text("\n".join(lines) + "\n")
+        paths[split] = path
+    return paths
+
+
+def tiny_config(model_dir: Path, data: dict[str, Path], out: Path, **train) -> dict:
+    """A config tree for the tiny model; `train` overrides train.* keys."""
+    return {
+        "model": {"name": str(model_dir), "max_length": 32},
+        "data": {"train": str(data["train"]), "dev": str(data["dev"]),
+                 "columns": {"text": "sentence", "label": "label"}},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "targets": ["query", "value"]},
+        "train": {"batch_size": 8, "lr": 5e-3, "max_steps": 12, "eval_every": 4,
+                  "checkpoint_every": 4, "log_every": 1, "seed": 0, **train},
+        "output_dir": str(out),
+    }
+
+
+def real_data_dir() -> Path:
+    """../shared/data; under CI=true its absence is a failure, elsewhere a skip."""
+    from tunelab.data import data_dir
+
+    path = data_dir()
+    if not (path / "sst2" / "train.tsv").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real data not found at {path} (CI=true: this must not be skipped)")
+        pytest.skip(f"real data not found at {path}")
+    return path

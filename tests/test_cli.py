@@ -1,0 +1,94 @@
+"""Commands on a trained tiny run: eval, predict, merge, info, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_config
+from tunelab.cli import main
+from tunelab.config import validate
+from tunelab.runs import load_trained
+from tunelab.train.run import train
+
+
+@pytest.fixture
+def trained_run(tiny_model_dir, tiny_data, tmp_path) -> Path:
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=8)
+    train(validate(tree), log=lambda _: None)
+    return tmp_path / "run"
+
+
+def test_merge_writes_a_plain_transformers_model_with_the_same_outputs(trained_run, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert main(["merge", str(trained_run), str(tmp_path / "merged")]) == 0
+    assert "merged 4 adapter layers" in capsys.readouterr().out
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    ours, _, info = load_trained(trained_run)
+    enc = tok(["a wonderful story", "the plot was awful and boring"], padding=True,
+              return_tensors="pt")
+    with torch.no_grad():
+        diff = (plain(**enc).logits - ours(**enc).logits).abs().max().item()
+    assert diff < 1e-5
+    assert plain.config.id2label == {0: "0", 1: "1"} and info["labels"] == ["0", "1"]
+
+
+def test_eval_prints_accuracy_f1_and_confusion_matrix(trained_run, capsys):
+    assert main(["eval", str(trained_run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dev: 32 examples\naccuracy: ")
+    assert "macro-F1: " in out and "confusion matrix (rows: gold):" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith(("0 |", "1 |"))]
+    assert sum(int(v) for r in rows for v in r.split("|")[1].split()) == 32
+
+
+def test_predict_prints_label_and_probability(trained_run, tmp_path, capsys):
+    texts = tmp_path / "in.txt"
+    texts.write_text("a wonderful story\n\nthe plot was awful\n")
+    assert main(["predict", str(trained_run), "great acting", "--file", str(texts)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[2] for line in lines] == ["great acting", "a wonderful story",
+                                                       "the plot was awful"]
+    for line in lines:
+        label, prob, _ = line.split("\t")
+        assert label in ("0", "1") and 0.5 <= float(prob) <= 1.0
+
+
+def test_info_prints_matches_and_counts(tiny_model_dir, tiny_data, tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, tiny_data, tmp_path / "o")))
+    assert main(["info", str(path), "method.targets=[query]"]) == 0
+    out = capsys.readouterr().out
+    assert "matched modules (2): bert.encoder.layer.0.attention.self.query, " in out
+    # 2 layers x r=4 x (32 in + 32 out) LoRA params + classifier 32*2+2
+    assert "trainable parameters: 578 / " in out
+    assert not (tmp_path / "o").exists()  # info trains nothing and writes nothing
+
+
+@pytest.mark.parametrize("args,message", [
+    (["config", "show", "nope.yaml"], "error: config file not found: nope.yaml\n"),
+    (["eval", "/nonexistent-run"], "error: /nonexistent-run: not a tunelab run directory (no "
+                                   "run.json); give the output_dir of a `tunelab train` run\n"),
+])
+def test_errors_are_one_line_with_nonzero_exit(args, message, capsys):
+    assert main(args) == 2
+    assert capsys.readouterr().err == message
+
+
+def test_bad_target_is_one_line_and_debug_shows_the_traceback(tiny_model_dir, tiny_data, tmp_path,
+                                                               capsys):
+    from tunelab.errors import MethodError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, tiny_data, tmp_path / "o")))
+    assert main(["train", str(path), "method.targets=[qkv]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: method.targets: no Linear layer matches 'qkv'") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # a run that fails validation leaves nothing behind
+    with pytest.raises(MethodError):
+        main(["--debug", "train", str(path), "method.targets=[qkv]"])

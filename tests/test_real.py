@@ -1,0 +1,61 @@
+"""Real model (packaged all-MiniLM-L6-v2) on real data (SST-2 in ../shared/data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import real_data_dir
+from tunelab.config import load_config
+from tunelab.runs import load_trained
+from tunelab.train.run import train
+
+pytestmark = pytest.mark.real
+
+
+def test_lora_on_minilm_lifts_sst2_dev_accuracy_and_loads_in_peft(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(real_data_dir()))
+    cfg = load_config(None, ["data.train=sst2", "data.max_train_examples=1920",
+                             "method.name=lora", "method.targets=all-linear", "train.lr=1e-3",
+                             "train.max_steps=60", "train.eval_every=60", "train.batch_size=32",
+                             f"output_dir={tmp_path / 'run'}"])
+    logs: list[str] = []
+    summary = train(cfg, log=logs.append)
+    history = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = summary["final_dev"]
+    assert summary["dev_examples"] == 872
+    # chance is 0.51 on SST-2 dev; 60 steps of LoRA reach ~0.78 here
+    assert final["accuracy"] >= 0.70, final
+    assert len(history) >= 7
+
+    # The adapter directory loads in peft on the same base and gives the same logits.
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    ours, tok, info = load_trained(tmp_path / "run")
+    base = AutoModelForSequenceClassification.from_pretrained(info["base_model"], num_labels=2)
+    theirs = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter").eval()
+    enc = tok(["a gorgeous , witty , seductive movie .", "the story is lame and boring"],
+              padding=True, return_tensors="pt")
+    with torch.no_grad():
+        diff = (ours(**enc).logits - theirs(**enc).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+def test_untrained_head_is_near_chance(monkeypatch):
+    """The baseline the learning test is measured against."""
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(real_data_dir()))
+    from tunelab.data import load_splits
+    from tunelab.methods import apply
+    from tunelab.models import load_classifier, load_tokenizer, resolve
+    from tunelab.tasks.classification import ClassificationTask
+
+    cfg = load_config(None, ["data.train=sst2", "train.seed=0"])
+    splits = load_splits(cfg.data)
+    torch.manual_seed(0)
+    model = load_classifier(resolve("minilm"), splits.labels)
+    apply(model, cfg.method)
+    tok = load_tokenizer(resolve("minilm"))
+    task = ClassificationTask(splits.labels, 128, tok.pad_token_id)
+    scores = task.evaluate(model, task.encode(tok, splits.dev), 64, torch.device("cpu"))
+    assert 0.35 <= scores["accuracy"] <= 0.65

@@ -1,0 +1,94 @@
+"""The non-training commands: show config, info, eval, predict, merge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from tunelab import methods
+from tunelab.config import RunConfig, dump_config
+from tunelab.data.splits import load_splits, read_like_training
+from tunelab.errors import DataError
+from tunelab.eval.metrics import confusion, format_confusion
+from tunelab.methods.peft_format import merge as merge_layers
+from tunelab.models import load_classifier, resolve
+from tunelab.runs import load_trained
+from tunelab.tasks.classification import ClassificationTask
+
+
+def show_config(cfg: RunConfig) -> str:
+    return dump_config(cfg)
+
+
+def info(cfg: RunConfig) -> None:
+    splits = load_splits(cfg.data)
+    model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
+    for line in methods.apply(model, cfg.method).lines(max_names=50):
+        print(line)
+
+
+def _task(tokenizer, info: dict) -> ClassificationTask:
+    return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id or 0)
+
+
+def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
+    import torch
+
+    model, tokenizer, info = load_trained(run_dir)
+    cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    if data:
+        examples, name = read_like_training(cfg.data, data), data
+    else:
+        splits = load_splits(cfg.data)
+        if split == "test" and splits.test is None:
+            raise DataError("this run's data has no test file; pass --data PATH")
+        examples, name = (splits.test if split == "test" else splits.dev), split
+    task = _task(tokenizer, info)
+    unknown = [e for e in examples if e.label not in task.index]
+    if unknown:
+        raise DataError(f"{unknown[0].where}: label {unknown[0].label!r} is not one of the run's "
+                        f"labels ({', '.join(task.labels)})")
+    encoded = task.encode(tokenizer, examples)
+    pred = task.predict(model, encoded, 64, torch.device("cpu"))
+    from tunelab.eval.metrics import classification_metrics
+
+    scores = classification_metrics(pred.labels, encoded.labels, len(task.labels))
+    print(f"{name}: {len(examples)} examples")
+    print(f"accuracy: {scores['accuracy']:.4f}")
+    print(f"macro-F1: {scores['macro_f1']:.4f}")
+    print("confusion matrix (rows: gold):")
+    print(format_confusion(confusion(pred.labels, encoded.labels, len(task.labels)), task.labels))
+    return scores
+
+
+def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[str, float]]:
+    import torch
+
+    if file is not None:
+        if not file.is_file():
+            raise DataError(f"{file}: file not found")
+        texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
+    if not texts:
+        raise DataError("predict: give texts as arguments or --file with one text per line")
+    model, tokenizer, info = load_trained(run_dir)
+    enc = tokenizer(texts, truncation=True, max_length=info["max_length"], padding=True,
+                    return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**enc).logits.float().softmax(-1)
+    out = []
+    for text, row in zip(texts, probs):
+        k = int(row.argmax())
+        out.append((info["labels"][k], float(row[k])))
+        print(f"{info['labels'][k]}\t{float(row[k]):.4f}\t{text}")
+    return out
+
+
+def merge(run_dir: Path, out: Path) -> Path:
+    model, tokenizer, _ = load_trained(run_dir)
+    n = merge_layers(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
+          "transformers.AutoModelForSequenceClassification.from_pretrained)")
+    return out

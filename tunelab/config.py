@@ -1,0 +1,272 @@
+"""RunConfig and its parts, and load_config(yaml, overrides): one validated object per run.
+
+Everything a run needs is checked here, before any weights load. Errors name the dotted
+key at fault and, for unknown keys, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError
+from tunelab.methods.registry import METHODS
+from tunelab.schema import StrictModel
+
+
+class ModelConfig(StrictModel):
+    name: str = "minilm"
+    max_length: int = Field(128, ge=8, le=8192)
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)  # overrides the base model's dropout rates
+
+
+class ColumnMap(StrictModel):
+    """Column names (files with a header) or 0-based indices (files without one)."""
+
+    text: str | int = "text"
+    text_pair: str | int | None = None
+    label: str | int = "label"
+
+
+class DataConfig(StrictModel):
+    train: str  # a catalog name (sst2, ag_news) or a file path
+    dev: str | None = None
+    test: str | None = None
+    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
+    header: bool | None = None  # None: the catalog's setting, else True for tsv/csv
+    columns: ColumnMap | None = None
+    dev_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # used only when no dev file exists
+    split_seed: int = 0
+    max_train_examples: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+
+
+MethodConfig = Annotated[
+    Union[tuple(m.config_cls for m in METHODS.values())],  # type: ignore[misc]
+    Field(discriminator="name"),
+]
+
+
+class EarlyStopping(StrictModel):
+    patience: int = Field(3, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(StrictModel):
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; overrides epochs
+    batch_size: int = Field(32, ge=1)  # examples per micro-batch
+    grad_accum: int = Field(1, ge=1)
+    bucket_by_length: bool = True  # batches of similar length: almost no padding
+    optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
+    lr: float = Field(5e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd and rmsprop
+    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    warmup_steps: int | None = Field(None, ge=0)  # overrides warmup_ratio
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that has it
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_every: int | None = Field(None, ge=1)  # steps; the run always evaluates at the end
+    eval_batch_size: int = Field(64, ge=1)
+    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    early_stopping: EarlyStopping | None = None
+    load_best_at_end: bool = True
+    checkpoint_every: int | None = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+
+
+class RunConfig(StrictModel):
+    task: Literal["classification"] = "classification"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].config_cls())
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/run"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method_name(cls, data: Any) -> Any:
+        """`method:` without a name means LoRA, the default method."""
+        if isinstance(data, dict) and isinstance(data.get("method"), dict) \
+                and "name" not in data["method"]:
+            data = {**data, "method": {"name": "lora", **data["method"]}}
+        return data
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_eval(self) -> "RunConfig":
+        if self.train.early_stopping is not None and self.train.eval_every is None:
+            raise ValueError("train.early_stopping needs train.eval_every (evaluate every N steps)")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """'a.b=3' -> (['a', 'b'], 3); values are parsed as YAML scalars/lists."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not p for p in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. train.lr=1e-4")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip().split("."), value))
+    return parsed
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            dotted = ".".join(path[: i + 1])
+            raise ConfigError(f"override {'.'.join(path)}: {dotted} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Read YAML (or start from `base`), apply overrides, validate; raise ConfigError once."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        tree = read_yaml(path)
+    for keys, value in parse_overrides(overrides or []):
+        _apply_override(tree, keys, value)
+    return validate(tree, source=str(path) if path else "config")
+
+
+def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(dict.fromkeys(lines))) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def _describe(err: dict[str, Any]) -> str:
+    raw_loc = tuple(err["loc"])
+    loc = _clean_loc(raw_loc)
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _fields_at(raw_loc)
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
+        hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), guess[0]])}'?)" if guess else ""
+        return f"unknown key '{dotted}'{hint}; valid keys here: {', '.join(known)}"
+    if kind == "union_tag_invalid":
+        tag = err.get("ctx", {}).get("tag", "")
+        names = list(METHODS)
+        guess = difflib.get_close_matches(str(tag), names, n=1, cutoff=0.5)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        return f"{dotted}.name: unknown method '{tag}'{hint}; choose from: {', '.join(names)}"
+    if kind == "missing":
+        return f"missing required key '{dotted}'"
+    got = err.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, dict) else ""
+    msg = err["msg"]
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    return f"{dotted}: {msg.removeprefix('value error, ')}{shown}"
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[StrictModel]]]:
+    """Follow a pydantic error location through the config classes.
+
+    Returns the location as the user wrote it (union tags and type markers dropped) and the
+    config classes that could hold the last key (one, once a method tag picked its class).
+    """
+    out: list[Any] = []
+    cls: Any = RunConfig
+    parent: list[type[StrictModel]] = [RunConfig]
+    for part in loc:
+        options = _models_in(cls)
+        if not options:  # a leaf value: the rest are pydantic's type markers
+            break
+        if len(options) > 1:
+            match = [o for o in options if _tag_of(o) == part]
+            if match:
+                cls = match[0]
+                continue
+        out.append(part)
+        parent = options
+        field = options[0].model_fields.get(str(part)) if len(options) == 1 else None
+        cls = field.annotation if field is not None else None
+    return tuple(out), parent
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    return _walk(loc)[0]
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys beside the last element of a (raw) error location."""
+    models = _walk(loc)[1]
+    return sorted({k for m in models for k in m.model_fields}) if len(models) > 1 else \
+        list(models[0].model_fields)
+
+
+def _models_in(annotation: Any) -> list[type[StrictModel]]:
+    """The StrictModel classes an annotation may hold (unwraps Optional, Union, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, StrictModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _models_in(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+    return []
+
+
+def _tag_of(model: type[StrictModel]) -> Any:
+    field = model.model_fields.get("name")
+    if field is None:
+        return None
+    args = typing.get_args(field.annotation)
+    return args[0] if args else None
+

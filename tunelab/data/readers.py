@@ -1,0 +1,115 @@
+"""Read labelled text examples from TSV, CSV and JSONL with a column map.
+
+Every row is checked; a bad one is a DataError naming the file and line, never a skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError
+
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    text_pair: str | None
+    label: str
+    where: str  # "file:line", for error messages
+
+
+@dataclass(frozen=True)
+class Columns:
+    text: str | int
+    label: str | int
+    text_pair: str | int | None = None
+
+
+def detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise DataError(f"{path}: cannot tell the format from the extension; set data.format "
+                        f"to one of tsv, csv, jsonl") from None
+
+
+def read_examples(path: Path, fmt: str, header: bool, columns: Columns) -> list[Example]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    kind = detect_format(path, fmt)
+    rows = _json_rows(path) if kind == "jsonl" else _delimited_rows(path, kind, header, columns)
+    examples = [_example(row, columns, path, line) for line, row in rows]
+    if not examples:
+        raise DataError(f"{path}: no examples found")
+    return examples
+
+
+def _delimited_rows(path: Path, kind: str, header: bool, columns: Columns
+                    ) -> Iterator[tuple[int, dict[Any, str]]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv"
+                  else csv.reader(f))
+        names: list[str] | None = None
+        wanted = [c for c in (columns.text, columns.label, columns.text_pair) if c is not None]
+        if header:
+            names = next(reader, None)
+            if names is None:
+                raise DataError(f"{path}: file is empty")
+            for col in wanted:
+                if isinstance(col, str) and col not in names:
+                    raise DataError(f"{path}:1: no column '{col}' in the header (columns: "
+                                    f"{', '.join(names)}); set data.columns")
+        elif any(isinstance(c, str) for c in wanted):
+            raise DataError(f"{path}: data.header is false, so data.columns must be 0-based "
+                            f"indices, not names ({', '.join(map(str, wanted))})")
+        width = len(names) if names else 1 + max(c for c in wanted if isinstance(c, int))
+        for row in reader:
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < width:
+                sep = "tab-separated" if kind == "tsv" else "comma-separated"
+                raise DataError(f"{path}:{line}: expected {width} {sep} fields, found {len(row)}")
+            yield line, (dict(zip(names, row)) if names else dict(enumerate(row)))
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, dict[Any, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{line}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line}: expected a JSON object per line")
+            yield line, row
+
+
+def _example(row: dict[Any, Any], columns: Columns, path: Path, line: int) -> Example:
+    def field(col: str | int | None, what: str) -> str | None:
+        if col is None:
+            return None
+        if col not in row:
+            raise DataError(f"{path}:{line}: missing {what} column '{col}' (row has: "
+                            f"{', '.join(map(str, row))}); set data.columns.{what}")
+        value = row[col]
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{path}:{line}: empty {what} in column '{col}'")
+        if not isinstance(value, (str, int, float, bool)):
+            raise DataError(f"{path}:{line}: {what} in column '{col}' is not text or a number")
+        return str(value).strip() if what == "label" else str(value)
+
+    text = field(columns.text, "text") or ""  # required columns raise rather than return None
+    label = field(columns.label, "label") or ""
+    return Example(text, field(columns.text_pair, "text_pair"), label, f"{path}:{line}")

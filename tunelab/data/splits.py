@@ -1,0 +1,104 @@
+"""Resolve the configured train/dev/test sources, read them, and fix the label set."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.config import DataConfig
+from tunelab.data.catalog import catalog_path, lookup
+from tunelab.data.readers import Columns, Example, read_examples
+from tunelab.errors import DataError
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example] | None
+    labels: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def sort_labels(labels: set[str]) -> list[str]:
+    """Numeric labels in numeric order ('2' before '10'), others alphabetically."""
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def stratified_split(examples: list[Example], fraction: float, seed: int
+                     ) -> tuple[list[Example], list[Example]]:
+    """A seeded split that keeps each label's share in both parts."""
+    from sklearn.model_selection import train_test_split
+
+    labels = [e.label for e in examples]
+    try:
+        keep, held = train_test_split(examples, test_size=fraction, random_state=seed,
+                                      stratify=labels)
+    except ValueError as exc:
+        raise DataError(f"cannot split a dev set from the training data ({exc}); give data.dev "
+                        "or change data.dev_fraction") from None
+    return list(keep), list(held)
+
+
+def source_settings(cfg: DataConfig) -> tuple[str, bool, Columns]:
+    """(format, header, columns) for the configured data, the catalog's when it is a catalog name."""
+    entry = lookup(cfg.train)
+    fmt = entry.format if entry and cfg.format == "auto" else cfg.format
+    header = cfg.header if cfg.header is not None else (entry.header if entry else True)
+    cols = (cfg.columns.model_dump() if cfg.columns
+            else entry.columns if entry else {"text": "text", "label": "label"})
+    return fmt, header, Columns(text=cols["text"], label=cols["label"],
+                                text_pair=cols.get("text_pair"))
+
+
+def read_like_training(cfg: DataConfig, path: str | Path) -> list[Example]:
+    """Read another file with the training data's format and columns (eval --data)."""
+    fmt, header, columns = source_settings(cfg)
+    return read_examples(Path(path).expanduser(), fmt, header, columns)
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    entry = lookup(cfg.train)
+    if entry is not None:
+        train_path = catalog_path(entry.train)
+        dev_src = cfg.dev or (str(catalog_path(entry.dev)) if entry.dev else None)
+        test_src = cfg.test or (str(catalog_path(entry.test)) if entry.test else None)
+    else:
+        train_path = Path(cfg.train).expanduser()
+        dev_src, test_src = cfg.dev, cfg.test
+
+    def read(p: str | Path) -> list[Example]:
+        return read_like_training(cfg, p)
+
+    notes = []
+    train = read(train_path)
+    if dev_src:
+        dev = read(dev_src)
+    else:
+        train, dev = stratified_split(train, cfg.dev_fraction, cfg.split_seed)
+        notes.append(f"no dev file: held out {len(dev)} training examples "
+                     f"({cfg.dev_fraction:.0%}, stratified, seed {cfg.split_seed})")
+    test = read(test_src) if test_src else None
+    labels = sort_labels({e.label for e in train})
+    if len(labels) < 2:
+        raise DataError(f"{train_path}: only one label ({labels[0]!r}) in the training data")
+    for part in (dev, test or []):
+        check_labels(part, labels)
+    if cfg.max_train_examples and cfg.max_train_examples < len(train):
+        train = random.Random(cfg.split_seed).sample(train, cfg.max_train_examples)
+        notes.append(f"training on a seeded sample of {len(train)} examples")
+    if cfg.max_eval_examples:
+        dev = dev[: cfg.max_eval_examples]
+        test = test[: cfg.max_eval_examples] if test else None
+    return Splits(train, dev, test, labels, notes)
+
+
+def check_labels(examples: list[Example], labels: list[str]) -> None:
+    known = set(labels)
+    for e in examples:
+        if e.label not in known:
+            raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data "
+                            f"(known labels: {', '.join(labels)})")

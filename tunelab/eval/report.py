@@ -1,0 +1,54 @@
+"""What a finished run shows: a PNG of losses and the eval metric, and a short summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_history(history: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    """Train/eval loss against step (left) and the eval metric (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in history if "train_loss" in r]
+    evals = [r for r in history if r.get("split") == "dev"]
+    if not train and not evals:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        left.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss")
+    if evals:
+        left.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="dev loss")
+        right.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color="tab:green")
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    left.legend()
+    left.grid(alpha=0.3)
+    right.set_xlabel("step")
+    right.set_ylabel(f"dev {metric}")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    metric = summary["metric"]
+    best = summary.get("best") or {}
+    lines = [f"finished {summary['steps']}/{summary['total_steps']} steps in "
+             f"{summary['train_seconds']:.0f}s ({summary['tokens_per_s']:.0f} real tokens/s, "
+             f"precision {summary['precision']})"]
+    if best:
+        lines.append(f"best dev {metric}: {best[metric]:.4f} at step {best['step']}")
+    final = summary["final_dev"]
+    lines.append(f"dev accuracy: {final['accuracy']:.4f}  macro-F1: {final['macro_f1']:.4f}  "
+                 f"loss: {final['loss']:.4f}  ({summary['dev_examples']} examples, "
+                 f"{'best' if summary['restored_best'] else 'last'} weights)")
+    lines.append(f"trainable parameters: {summary['trainable']:,} / {summary['total']:,}")
+    lines.append(f"{summary['artifact_kind']}: {summary['artifact']}")
+    lines.append(f"metrics: {summary['metrics_file']}  plot: {summary['plot']}")
+    return lines

@@ -1,0 +1,16 @@
+"""METHODS: every fine-tuning method, one line each. Adding a method = one file + one line."""
+
+from tunelab.methods.base import Method
+from tunelab.methods.bitfit import BitFitMethod
+from tunelab.methods.dora import DoraMethod
+from tunelab.methods.freeze import FreezeMethod
+from tunelab.methods.full import FullMethod
+from tunelab.methods.lora import LoraMethod
+
+METHODS: dict[str, type[Method]] = {
+    "full": FullMethod,
+    "freeze": FreezeMethod,
+    "bitfit": BitFitMethod,
+    "lora": LoraMethod,
+    "dora": DoraMethod,
+}

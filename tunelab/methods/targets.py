@@ -1,0 +1,81 @@
+"""Choosing which nn.Linear layers a method replaces: names, suffixes, a regex, all-linear."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from torch import nn
+
+from tunelab.errors import MethodError
+from tunelab.methods.base import name_matches
+
+ALL_LINEAR = "all-linear"
+
+
+def linear_names(model: nn.Module, exclude: list[str],
+                 adapted: tuple[type[nn.Module], ...] = ()) -> list[str]:
+    """Every nn.Linear in the model, minus those inside the excluded modules (the head).
+
+    Layers of an `adapted` type (e.g. LoraLinear) count as the Linear they replaced; the
+    Linear modules inside them (lora_A, lora_B) do not count.
+    """
+    out: list[str] = []
+    inside: str | None = None
+    for name, module in model.named_modules():
+        if inside is not None and name.startswith(inside + "."):
+            continue
+        if any(name == e or name.startswith(e + ".") for e in exclude):
+            continue
+        if isinstance(module, adapted):
+            inside = name
+            out.append(name)
+        elif isinstance(module, nn.Linear):
+            out.append(name)
+    return out
+
+
+def select(model: nn.Module, targets: list[str] | str, exclude: list[str]) -> list[str]:
+    """Names of the Linear layers that `targets` picks; raises MethodError when none match.
+
+    A list holds module names or dotted suffixes (PEFT semantics); a string other than
+    'all-linear' is a regex matched against the full module name.
+    """
+    candidates = linear_names(model, exclude)
+    if targets == ALL_LINEAR:
+        chosen = candidates
+    elif isinstance(targets, str):
+        pattern = re.compile(targets)
+        chosen = [n for n in candidates if pattern.fullmatch(n)]
+    else:
+        chosen = [n for n in candidates if any(name_matches(n, t) for t in targets)]
+    if not chosen:
+        raise MethodError(no_match_message(targets, candidates))
+    return chosen
+
+
+def no_match_message(targets: list[str] | str, candidates: list[str]) -> str:
+    wanted = targets if isinstance(targets, str) else ", ".join(targets)
+    short = sorted({n.rsplit(".", 1)[-1] for n in candidates})
+    probes = [targets] if isinstance(targets, str) else list(targets)
+    close: list[str] = []
+    for probe in probes:
+        close += difflib.get_close_matches(probe.rsplit(".", 1)[-1], short, n=3, cutoff=0.4)
+    close = list(dict.fromkeys(close)) or short[:5]
+    return (f"method.targets: no Linear layer matches '{wanted}'; closest Linear names: "
+            f"{', '.join(close)} (all Linear names: {', '.join(short)}; or use 'all-linear')")
+
+
+def compact(chosen: list[str], candidates: list[str]) -> list[str]:
+    """The shortest target list that picks exactly `chosen`: last-name suffixes if they do,
+    else the full names. Written to adapter_config.json as target_modules."""
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n in chosen})
+    if [n for n in candidates if any(name_matches(n, s) for s in suffixes)] == chosen:
+        return suffixes
+    return list(chosen)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

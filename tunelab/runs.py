@@ -1,0 +1,54 @@
+"""A run directory: what it holds, and loading a trained model back from it.
+
+    run_dir/config.yaml      the effective config          run_dir/run.json   labels, base, artifact
+    run_dir/adapter/         PEFT adapter (LoRA, DoRA)     run_dir/model/     full checkpoint (others)
+    run_dir/metrics.jsonl    run_dir/plot.png              run_dir/summary.json
+    run_dir/checkpoints/     resumable state               run_dir/best/      best trainable weights
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.atomic import atomic_write
+from tunelab.errors import CheckpointError
+from tunelab.methods import head_modules
+from tunelab.methods.peft_format import load_adapter
+from tunelab.models import load_classifier, load_tokenizer, resolve
+
+RUN_INFO = "run.json"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_INFO
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: not a tunelab run directory (no {RUN_INFO}); give the "
+                              "output_dir of a `tunelab train` run")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    artifact = run_dir / info["artifact"]
+    if not artifact.is_dir():
+        raise CheckpointError(f"{run_dir}: the run has no {info['artifact']}/ yet; did training "
+                              "finish? (resume it with `tunelab train CONFIG --resume`)")
+    return info
+
+
+def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, run info) of a finished run, in eval mode."""
+    info = read_run_info(run_dir)
+    base = resolve(info["base_model"])
+    tokenizer = load_tokenizer(base)
+    if info["artifact"] == ADAPTER_DIR:
+        model = load_classifier(base, info["labels"])
+        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
+    else:
+        model = load_classifier(base, info["labels"], weights_from=run_dir / MODEL_DIR)
+    model.eval()
+    return model, tokenizer, info

@@ -1,0 +1,71 @@
+"""Sequence classification: how it encodes examples, computes the loss, and scores."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.data.batching import Encoded, collate, encode, plan_batches
+from tunelab.data.readers import Example
+from tunelab.eval.metrics import classification_metrics
+
+
+@dataclass
+class Predictions:
+    probs: torch.Tensor  # (N, n_labels)
+    loss: float
+
+    @property
+    def labels(self) -> list[int]:
+        return self.probs.argmax(-1).tolist()
+
+
+class ClassificationTask:
+    name = "classification"
+
+    def __init__(self, labels: list[str], max_length: int, pad_id: int):
+        self.labels = labels
+        self.index = {label: i for i, label in enumerate(labels)}
+        self.max_length = max_length
+        self.pad_id = pad_id
+
+    def encode(self, tokenizer, examples: list[Example]) -> Encoded:
+        pairs = [e.text_pair or "" for e in examples] if examples[0].text_pair is not None else None
+        return encode(tokenizer, [e.text for e in examples], pairs,
+                      [self.index[e.label] for e in examples], self.max_length)
+
+    def collate(self, data: Encoded, index: list[int]) -> dict[str, torch.Tensor]:
+        return collate(data, index, self.pad_id)
+
+    @staticmethod
+    def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed (not mean) cross-entropy, so accumulation can divide by the step's example count."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits  # (B, n_labels)
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
+                autocast: torch.autocast | None = None) -> Predictions:
+        was_training = model.training
+        model.eval()
+        probs = torch.empty(len(data), len(self.labels))
+        loss = 0.0
+        for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
+            batch = {k: v.to(device) for k, v in self.collate(data, index).items()}
+            with autocast or nullcontext():
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+            loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            probs[index] = logits.softmax(-1).cpu()
+        model.train(was_training)
+        return Predictions(probs, loss / max(len(data), 1))
+
+    def evaluate(self, model: nn.Module, data: Encoded, batch_size: int, device: torch.device,
+                 autocast: torch.autocast | None = None) -> dict[str, float]:
+        pred = self.predict(model, data, batch_size, device, autocast)
+        return {"loss": pred.loss, **classification_metrics(pred.labels, data.labels,
+                                                            len(self.labels))}

@@ -1,0 +1,101 @@
+"""Checkpoints: trainable weights, optimizer, scheduler, RNG and loop state, written atomically.
+
+Only parameters that train are stored (the frozen base is re-loaded from the model), so a
+LoRA checkpoint is small. Files are safetensors and a weights_only torch file: nothing is
+unpickled beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tunelab.atomic import atomic_dir
+from tunelab.errors import CheckpointError
+
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.pt"
+STATE = "state.json"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: nn.Module, path: Path) -> None:
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    wanted = {n for n, p in params.items() if p.requires_grad}
+    if set(state) != wanted:
+        diff = sorted(set(state) ^ wanted)[:3]
+        raise CheckpointError(f"{path}: its parameters do not match this model's trainable ones "
+                              f"(e.g. {', '.join(diff)}); was it written with another method?")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+def save_weights(model: nn.Module, directory: Path) -> None:
+    """Trainable weights alone (the best model so far), replaced atomically."""
+    with atomic_dir(directory) as tmp:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any, state: dict[str, Any], keep: int) -> Path:
+    path = root / f"step-{step:07d}"
+    with atomic_dir(path) as tmp:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng_torch": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   tmp / OPTIMIZER)
+        full = {**state, "step": step, "rng_python": _py_rng_to_json(random.getstate())}
+        (tmp / STATE).write_text(json.dumps(full, indent=1))
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints (an interrupted write never gets its final name), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: Any) -> dict[str, Any]:
+    try:
+        state = json.loads((path / STATE).read_text())
+        load_trainable(model, path / WEIGHTS)
+        extra = torch.load(path / OPTIMIZER, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); "
+                              "delete it to resume from the one before") from None
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    torch.set_rng_state(extra["rng_torch"])
+    if extra["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(extra["rng_cuda"])
+    random.setstate(_py_rng_from_json(state.pop("rng_python")))
+    return state
+
+
+def _py_rng_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_rng_from_json(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss

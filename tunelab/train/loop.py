@@ -1,0 +1,218 @@
+"""The one training loop: accumulation, clipping, schedules, eval, early stopping,
+best-model tracking, atomic checkpoints, exact resume and graceful interruption."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from tunelab.config import TrainConfig
+from tunelab.data.batching import Encoded, plan_batches
+from tunelab.eval.metrics import HIGHER_IS_BETTER
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.optim import build_optimizer, build_scheduler
+from tunelab.train.signals import Interrupted, stop_on_signals
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class FitResult:
+    steps: int
+    total_steps: int
+    best: dict[str, Any] | None  # {"step": ..., metric: ...} of the best evaluation
+    last_eval: dict[str, Any]
+    stopped_early: bool
+    seconds: float
+    tokens: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class LoopState:
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+class Trainer:
+    """Runs `task` on `model` with the settings in `cfg`, writing into `run_dir`."""
+
+    def __init__(self, model: nn.Module, task: Any, train: Encoded, dev: Encoded, cfg: TrainConfig,
+                 run_dir: Path, device: torch.device, log: Callable[[str], None] = print):
+        self.model, self.task, self.train, self.dev = model, task, train, dev
+        self.cfg, self.run_dir, self.device, self.log = cfg, run_dir, device, log
+        self.lengths = train.lengths()
+        self.batches_per_epoch = len(self._plan(0))
+        steps_from_epochs = math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
+        self.total_steps = cfg.max_steps or max(1, steps_from_epochs)
+        self.optimizer = build_optimizer(model, cfg, fused=device.type == "cuda")
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
+        use_bf16 = cfg.precision == "bf16" or (
+            cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else None
+        self.precision = "bf16" if use_bf16 else "fp32"
+        self.state = LoopState()
+        self._plans: dict[int, list[list[int]]] = {}
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ batches
+    def _plan(self, epoch: int) -> list[list[int]]:
+        return plan_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch,
+                            self.cfg.bucket_by_length)
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """The index lists optimizer step `step` consumes: a pure function of the step."""
+        out = []
+        for g in range(step * self.cfg.grad_accum, (step + 1) * self.cfg.grad_accum):
+            epoch, i = divmod(g, self.batches_per_epoch)
+            if epoch not in self._plans:
+                self._plans = {epoch: self._plan(epoch)}
+            out.append(self._plans[epoch][i])
+        return out
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> int:
+        """Load the newest checkpoint; returns the step to continue from (0 if none)."""
+        found = ckpt.list_checkpoints(self.ckpt_dir)
+        if not found:
+            return 0
+        state = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
+        self.state = LoopState(**state["loop"])
+        self.history = _truncate_metrics(self.run_dir / METRICS_FILE, state["step"])
+        self.log(f"resumed from {found[-1]} (step {state['step']}/{self.total_steps})")
+        return int(state["step"])
+
+    def _checkpoint(self, step: int) -> Path:
+        return ckpt.save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer, self.scheduler,
+                                    {"loop": vars(self.state)}, self.cfg.keep_checkpoints)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, start_step: int = 0) -> FitResult:
+        cfg, model = self.cfg, self.model
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        metrics_file = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
+        run_loss, run_n, run_tokens, run_t0 = 0.0, 0, 0, time.perf_counter()
+        stopped_early, step = False, start_step
+        last_eval: dict[str, Any] = {}
+        bar = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
+                   dynamic_ncols=True, mininterval=1.0)
+        try:
+            with stop_on_signals() as stop:
+                while step < self.total_steps:
+                    loss, n, tokens = self._step(step, trainable)
+                    step += 1
+                    run_loss, run_n, run_tokens = run_loss + loss, run_n + n, run_tokens + tokens
+                    bar.update(1)
+                    if step % cfg.log_every == 0 or step == self.total_steps:
+                        elapsed = time.perf_counter() - run_t0
+                        self.state.seconds += elapsed
+                        self.state.tokens += run_tokens
+                        record = {"step": step, "train_loss": run_loss / max(run_n, 1),
+                                  "lr": self.scheduler.get_last_lr()[0],
+                                  "tokens_per_s": run_tokens / max(elapsed, 1e-9),
+                                  "epoch": step * cfg.grad_accum / self.batches_per_epoch}
+                        self._write(metrics_file, record)
+                        bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                        tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                        run_loss, run_n, run_tokens, run_t0 = 0.0, 0, 0, time.perf_counter()
+                    if (cfg.eval_every and step % cfg.eval_every == 0) or step == self.total_steps:
+                        last_eval = self._evaluate(step, metrics_file)
+                        stopped_early = self._early_stop()
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or \
+                            step == self.total_steps or stopped_early:
+                        self._checkpoint(step)
+                    if stopped_early:
+                        self.log(f"early stopping at step {step}: {cfg.metric} has not improved "
+                                 f"for {self.state.bad_evals} evaluations")
+                        break
+                    if stop:
+                        path = self._checkpoint(step)
+                        raise Interrupted(f"{stop.signal} at step {step}/{self.total_steps}: "
+                                          f"checkpoint saved to {path}; continue with --resume")
+        finally:
+            bar.close()
+            metrics_file.close()
+        if not last_eval:  # resumed a run that had already finished
+            last_eval = self._evaluate(step, None)
+        best = None
+        if self.state.best_step is not None:
+            best = {"step": self.state.best_step, cfg.metric: self.state.best_value}
+        return FitResult(step, self.total_steps, best, last_eval, stopped_early,
+                         self.state.seconds, self.state.tokens, self.history)
+
+    def _step(self, step: int, trainable: list[nn.Parameter]) -> tuple[float, int, int]:
+        """One optimizer step over grad_accum micro-batches; the loss is the mean per example
+        over the whole step, however the examples are split."""
+        parts = self.micro_batches(step)
+        n = sum(len(p) for p in parts)
+        total, tokens = 0.0, 0
+        for index in parts:
+            batch = {k: v.to(self.device, non_blocking=True)
+                     for k, v in self.task.collate(self.train, index).items()}
+            tokens += sum(self.lengths[i] for i in index)
+            with self.autocast or nullcontext():
+                loss = self.task.loss_sum(self.model, batch)
+            (loss / n).backward()
+            total += loss.item()
+        if self.cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total, n, tokens
+
+    def _evaluate(self, step: int, metrics_file: Any) -> dict[str, Any]:
+        scores = self.task.evaluate(self.model, self.dev, self.cfg.eval_batch_size, self.device,
+                                    self.autocast)
+        record = {"step": step, "split": "dev", **scores}
+        if metrics_file is None:
+            return record
+        self._write(metrics_file, record)
+        value, better = scores[self.cfg.metric], HIGHER_IS_BETTER[self.cfg.metric]
+        delta = self.cfg.early_stopping.min_delta if self.cfg.early_stopping else 0.0
+        best = self.state.best_value
+        if best is None or (value > best + delta if better else value < best - delta):
+            self.state.best_value, self.state.best_step, self.state.bad_evals = value, step, 0
+            ckpt.save_weights(self.model, self.run_dir / "best")
+        else:
+            self.state.bad_evals += 1
+        return record
+
+    def _early_stop(self) -> bool:
+        es = self.cfg.early_stopping
+        return es is not None and self.state.bad_evals >= es.patience
+
+    def _write(self, f: Any, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+    def restore_best(self) -> bool:
+        best = self.run_dir / "best" / ckpt.WEIGHTS
+        if not best.is_file():
+            return False
+        ckpt.load_trainable(self.model, best)
+        return True
+
+
+def _truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Drop records an interrupted run logged after its last checkpoint; return the rest."""
+    if not path.is_file():
+        return []
+    kept = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept

@@ -1,0 +1,135 @@
+"""One run, start to finish: config -> data -> model -> method -> loop -> saved artifacts."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from tunelab import methods
+from tunelab.config import RunConfig, dump_config
+from tunelab.data import load_splits
+from tunelab.errors import CheckpointError, ConfigError
+from tunelab.eval.report import plot_history, summary_lines
+from tunelab.methods.peft_format import save_adapter
+from tunelab.models import load_classifier, load_tokenizer, resolve
+from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.tasks.classification import ClassificationTask
+from tunelab.train import checkpoint as ckpt
+from tunelab.train.loop import METRICS_FILE, Trainer
+
+# Keys that may differ between an interrupted run and its resumption (they do not change
+# what is computed, only how often it is logged or saved).
+RESUME_FREE_KEYS = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
+    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def prepare_output(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+    """Refuse to mix runs: an old run is continued (--resume) or replaced (--overwrite)."""
+    run_dir = Path(cfg.output_dir)
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise CheckpointError(f"--resume: {run_dir} holds no earlier run (no config.yaml)")
+        diffs = config_diff(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
+        diffs = [d for d in diffs if d.split(":")[0] not in RESUME_FREE_KEYS]
+        if diffs:
+            raise CheckpointError(f"--resume: the config differs from the run in {run_dir}: "
+                                  + "; ".join(diffs[:5]) + "; resume with the same config or "
+                                  "train into a new output_dir")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"output_dir {run_dir} already holds a run; pass --resume to "
+                                  "continue it, --overwrite to replace it, or set output_dir")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    splits = load_splits(cfg.data)  # data errors surface before any weights load
+    model_path = resolve(cfg.model.name)
+    for note in splits.notes:
+        log(note)
+    log(f"data: {len(splits.train)} train / {len(splits.dev)} dev examples, "
+        f"labels: {', '.join(splits.labels)}")
+
+    seed_everything(cfg.train.seed)
+    tokenizer = load_tokenizer(model_path)
+    model = load_classifier(model_path, splits.labels, cfg.model.dropout)
+    report = methods.apply(model, cfg.method)
+    for line in report.lines():
+        log(line)
+    run_dir = prepare_output(cfg, resume, overwrite)
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    device = pick_device(cfg.train.device)
+    model.to(device)
+    method_cls = methods.METHODS[cfg.method.name]
+    artifact = ADAPTER_DIR if method_cls.saves_adapter else MODEL_DIR
+    write_json(run_dir / "run.json", {"task": cfg.task, "labels": splits.labels,
+                                      "base_model": str(model_path), "model_name": cfg.model.name,
+                                      "method": cfg.method.name, "artifact": artifact,
+                                      "max_length": cfg.model.max_length,
+                                      "text_pair": splits.train[0].text_pair is not None})
+
+    task = ClassificationTask(splits.labels, cfg.model.max_length, tokenizer.pad_token_id or 0)
+    train_data, dev_data = task.encode(tokenizer, splits.train), task.encode(tokenizer, splits.dev)
+    trainer = Trainer(model, task, train_data, dev_data, cfg.train, run_dir, device, log)
+    start = trainer.resume() if resume else 0
+    log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
+        f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
+        f"{trainer.precision}")
+    result = trainer.fit(start)
+
+    restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
+    final = (task.evaluate(model, dev_data, cfg.train.eval_batch_size, device, trainer.autocast)
+             if restored else result.last_eval)
+    model.cpu()
+    if method_cls.saves_adapter:
+        out = save_adapter(model, cfg.method, report.head, str(model_path), run_dir / ADAPTER_DIR)
+    else:
+        out = run_dir / MODEL_DIR
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    plot = plot_history(result.history, cfg.train.metric, run_dir / "plot.png")
+    summary = {"metric": cfg.train.metric, "best": result.best, "steps": result.steps,
+               "total_steps": result.total_steps, "stopped_early": result.stopped_early,
+               "final_dev": {k: final[k] for k in ("accuracy", "macro_f1", "loss")},
+               "dev_examples": len(dev_data), "restored_best": bool(restored),
+               "train_seconds": result.seconds, "wall_seconds": time.perf_counter() - t_start,
+               "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+               "precision": trainer.precision, "trainable": report.trainable, "total": report.total,
+               "artifact_kind": "adapter" if method_cls.saves_adapter else "model",
+               "artifact": str(out), "metrics_file": str(run_dir / METRICS_FILE),
+               "plot": str(plot) if plot else None, "checkpoints": str(run_dir / "checkpoints"),
+               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])}
+    write_json(run_dir / "summary.json", summary)
+    for line in summary_lines(summary):
+        log(line)
+    return summary
