@@ -31,9 +31,10 @@ def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
 
 
-def test_learning_happens_on_the_toy_task(tiny_model_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_learning_happens_on_the_toy_task(tiny_model_dir, tiny_data, tmp_path, precision):
     tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=96, eval_every=48,
-                       lr=3e-3)
+                       lr=3e-3, precision=precision)
     tree["method"] = {"name": "full"}  # a random tiny base: LoRA alone has too little to adapt
     cfg = validate(tree)
     summary = train(cfg, log=quiet)
@@ -41,6 +42,7 @@ def test_learning_happens_on_the_toy_task(tiny_model_dir, tiny_data, tmp_path):
     losses = [r["train_loss"] for r in history if "train_loss" in r]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert summary["final_dev"]["accuracy"] >= 0.9
+    assert summary["precision"] == precision
     for name in ("config.yaml", "run.json", "summary.json", "plot.png", "model/config.json"):
         assert (tmp_path / "run" / name).is_file(), name
 
