@@ -141,7 +141,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tiny_model_dir, tiny_data, tmp_
                        checkpoint_every=1000, eval_every=1000)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(tree))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "sig" / "metrics.jsonl"
