@@ -44,19 +44,24 @@ def test_eval_prints_accuracy_f1_and_confusion_matrix(trained_run, capsys):
     assert out.startswith("dev: 32 examples\naccuracy: ")
     assert "macro-F1: " in out and "confusion matrix (rows: gold):" in out
     rows = [line for line in out.splitlines() if line.strip().startswith(("0 |", "1 |"))]
-    assert sum(int(v) for r in rows for v in r.split("|")[1].split()) == 32
+    matrix = [[int(v) for v in r.split("|")[1].split()] for r in rows]
+    assert sum(map(sum, matrix)) == 32
+    accuracy = float(out.splitlines()[1].split()[1])
+    assert accuracy == pytest.approx((matrix[0][0] + matrix[1][1]) / 32, abs=1e-4)
 
 
-def test_predict_prints_label_and_probability(trained_run, tmp_path, capsys):
+def test_predict_prints_label_and_probability(tiny_model_dir, tiny_data, tmp_path, capsys):
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "full", max_steps=96, eval_every=48,
+                       lr=3e-3)
+    tree["method"] = {"name": "full"}  # learns the toy task (see test_train)
+    train(validate(tree), log=lambda _: None)
     texts = tmp_path / "in.txt"
     texts.write_text("a wonderful story\n\nthe plot was awful\n")
-    assert main(["predict", str(trained_run), "great acting", "--file", str(texts)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[2] for line in lines] == ["great acting", "a wonderful story",
-                                                       "the plot was awful"]
-    for line in lines:
-        label, prob, _ = line.split("\t")
-        assert label in ("0", "1") and 0.5 <= float(prob) <= 1.0
+    assert main(["predict", str(tmp_path / "full"), "great acting", "--file", str(texts)]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [(r[0], r[2]) for r in rows] == [("1", "great acting"), ("1", "a wonderful story"),
+                                            ("0", "the plot was awful")]
+    assert all(0.5 < float(r[1]) <= 1.0 for r in rows)
 
 
 def test_info_prints_matches_and_counts(tiny_model_dir, tiny_data, tmp_path, capsys):

@@ -114,3 +114,18 @@ def test_batch_plans_cover_every_example_once_and_bucket_by_length():
 
     random_plan = plan_batches(lengths, 16, seed=0, epoch=0, bucket=False)
     assert padded(plan) < 0.6 * padded(random_plan)
+
+
+def test_a_row_with_too_many_fields_is_an_error(tmp_path: Path):
+    path = write(tmp_path / "t.tsv", "sentence\tlabel\nok\t1\nstray\ttab in text\t1\n")
+    with pytest.raises(DataError) as exc:
+        read_examples(path, "tsv", True, Columns(text="sentence", label="label"))
+    assert str(exc.value) == f"{path}:3: expected 2 tab-separated fields, found 3"
+
+
+def test_macro_f1_scores_only_labels_present():
+    from tunelab.eval.metrics import classification_metrics
+
+    assert classification_metrics([0, 1, 1], [0, 1, 1], n_labels=4) == {"accuracy": 1.0,
+                                                                         "macro_f1": 1.0}
+    assert classification_metrics([0, 0], [0, 1], n_labels=2)["macro_f1"] == pytest.approx(1 / 3)

@@ -149,8 +149,19 @@ def test_freeze_rejects_more_layers_than_the_model_has():
         methods.apply(tiny_classifier(), method_cfg("freeze", {"train_last_layers": 3}))
 
 
-def test_rslora_and_pissa_scaling_values():
+def test_rslora_scaling_value():
     model = tiny_classifier()
     methods.apply(model, method_cfg("lora", {"r": 4, "alpha": 8, "scaling": "rslora"}))
     layer = next(iter(lora_layers(model).values()))
     assert layer.scaling == pytest.approx(8 / 2)  # alpha / sqrt(r)
+
+
+def test_pissa_takes_the_top_singular_directions():
+    base = tiny_classifier().bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    model = tiny_classifier()
+    methods.apply(model, method_cfg("lora", {"r": 2, "alpha": 4, "init": "pissa"}))
+    layer = lora_layers(model)["bert.encoder.layer.0.attention.self.query"]
+    u, s, vh = torch.linalg.svd(base)
+    top = u[:, :2] @ torch.diag(s[:2]) @ vh[:2]
+    assert torch.allclose(layer.delta_weight(), top, atol=1e-5)
+    assert torch.allclose(layer.weight, base - top, atol=1e-5)

@@ -22,7 +22,7 @@ def test_hub_id_offline_says_what_to_do(monkeypatch):
 
 
 def test_unknown_name_and_directory_without_config(tmp_path: Path):
-    with pytest.raises(ModelError, match="not a packaged model \\(minilm, all-minilm-l6-v2\\)"):
+    with pytest.raises(ModelError, match="not a packaged model \\(minilm, all-minilm-l6-v2, smollm2, smollm2-135m-instruct\\)"):
         resolve("no_such_model")
     with pytest.raises(ModelError, match="the directory has no config.json"):
         resolve(str(tmp_path))
@@ -36,3 +36,31 @@ def test_labels_and_dropout_override_reach_the_model(tiny_model_dir):
     assert rates == {0.0}
     default = load_classifier(tiny_model_dir, ["a", "b"])
     assert {m.p for m in default.modules() if m.__class__.__name__ == "Dropout"} == {0.1}
+
+
+def test_decoder_classifier_pads_with_a_token_it_knows(tmp_path: Path):
+    """GPT-2-style tokenizers have no pad token: a short example's logits must not change
+    when it is batched next to a longer one."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab.models import load_tokenizer
+
+    tok_dir = resolve("minilm")  # any tokenizer; strip its pad token to mimic GPT-2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok.pad_token = None
+    tok.eos_token = "[SEP]"
+    tok.save_pretrained(tmp_path)
+    cfg = GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                     eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.pad_token == "[SEP]"
+    model = load_classifier(tmp_path, ["a", "b"], pad_token_id=tokenizer.pad_token_id).eval()
+    alone = tokenizer(["short one"], return_tensors="pt")
+    both = tokenizer(["short one", "a much longer text than the first one"], padding=True,
+                     return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model(**alone).logits[0], model(**both).logits[0], atol=1e-5)

@@ -130,8 +130,11 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_model_dir, tiny_data, tmp_
     tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "es", max_steps=40, eval_every=2,
                        metric="loss", early_stopping={"patience": 1, "min_delta": 10.0})
     summary = train(validate(tree), log=quiet)
-    assert summary["stopped_early"] and summary["steps"] == 4
-    assert summary["best"]["step"] == 2 and summary["restored_best"]
+    # step 0 (before training) is the first evaluation, step 2 the first without improvement
+    assert summary["stopped_early"] and summary["steps"] == 2
+    assert summary["best"]["step"] == 0 and summary["restored_best"]
+    resumed = train(validate(tree), resume=True, log=quiet)  # an early-stopped run stays stopped
+    assert resumed["steps"] == 2 and resumed["stopped_early"]
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tiny_model_dir, tiny_data, tmp_path):
@@ -164,3 +167,39 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tiny_model_dir, tiny_data, tmp_
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed from {ckpts[0]} (step {step}/400)" in resumed.stdout
     assert (tmp_path / "sig" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_unavailable_device_fails_before_anything_is_written(tiny_model_dir, tiny_data, tmp_path,
+                                                             monkeypatch):
+    from tunelab.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "dev", device="cuda")
+    with pytest.raises(ConfigError, match="train.device: cuda was asked for but no GPU is visible"):
+        train(validate(tree), log=quiet)
+    assert not (tmp_path / "dev").exists()
+
+
+def test_resume_before_the_first_checkpoint_starts_over_cleanly(tiny_model_dir, tiny_data,
+                                                                tmp_path, monkeypatch):
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "early", checkpoint_every=100)
+    real_step = loop_mod.Trainer._step
+
+    def step_then_signal(self, step, trainable):
+        out = real_step(self, step, trainable)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop_mod.Trainer, "_step", step_then_signal)
+    with pytest.raises(Interrupted):
+        train(validate(tree), log=quiet)
+    monkeypatch.setattr(loop_mod.Trainer, "_step", real_step)
+    ckpts = sorted((tmp_path / "early" / "checkpoints").glob("step-*"))
+    assert [c.name for c in ckpts] == ["step-0000003"]  # the signal's checkpoint
+    import shutil
+
+    shutil.rmtree(ckpts[0])  # as if the process had been killed before writing one
+    train(validate(tree), resume=True, log=quiet)
+    records = [json.loads(x) for x in (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 13))

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from tunelab import methods
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig, dump_config, validate
 from tunelab.data.splits import load_splits, read_like_training
 from tunelab.errors import DataError
 from tunelab.eval.metrics import confusion, format_confusion
@@ -29,14 +29,14 @@ def info(cfg: RunConfig) -> None:
 
 
 def _task(tokenizer, info: dict) -> ClassificationTask:
-    return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id or 0)
+    return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id)
 
 
 def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
     import torch
 
     model, tokenizer, info = load_trained(run_dir)
-    cfg = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if data:
         examples, name = read_like_training(cfg.data, data), data
     else:
@@ -72,7 +72,15 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[st
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
     model, tokenizer, info = load_trained(run_dir)
-    enc = tokenizer(texts, truncation=True, max_length=info["max_length"], padding=True,
+    pairs = None
+    if info.get("text_pair"):  # the run was trained on (text, text_pair): give "first<TAB>second"
+        bad = [t for t in texts if "\t" not in t]
+        if bad:
+            raise DataError(f"predict: this run classifies text pairs; separate the two texts "
+                            f"with a tab (got {bad[0]!r})")
+        texts, pairs = zip(*(t.split("\t", 1) for t in texts))
+        texts, pairs = list(texts), list(pairs)
+    enc = tokenizer(texts, pairs, truncation=True, max_length=info["max_length"], padding=True,
                     return_tensors="pt")
     with torch.no_grad():
         probs = model(**enc).logits.float().softmax(-1)

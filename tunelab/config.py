@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError
 from tunelab.methods.registry import METHODS
@@ -76,7 +76,7 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_every: int | None = Field(None, ge=1)  # steps; the run always evaluates at the end
     eval_batch_size: int = Field(64, ge=1)
-    metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    metric: Literal["accuracy", "macro_f1", "loss"] | None = None  # None: the task's default
     early_stopping: EarlyStopping | None = None
     load_best_at_end: bool = True
     checkpoint_every: int | None = Field(200, ge=1)
@@ -85,10 +85,28 @@ class TrainConfig(StrictModel):
     seed: int = 0
 
 
-class RunConfig(StrictModel):
-    task: Literal["classification"] = "classification"
+class SftDataConfig(StrictModel):
+    """Instruction / chat / plain-text data for causal LM fine-tuning."""
+
+    path: str  # a catalog name (alpaca_en, alpaca_zh, code_alpaca) or a .json/.jsonl file
+    format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = "auto"
+    columns: dict[str, str] = {}  # our field name -> the file's, e.g. {output: answer}
+    roles: dict[str, str] = {}  # the file's role name -> user / assistant / system
+    template: str | None = None  # a Jinja chat template file; default: the tokenizer's own
+    loss_on: Literal["assistant", "last_turn", "all"] = "assistant"
+    truncation: Literal["right", "drop"] = "right"  # over model.max_length: cut, or drop
+    append_eos: bool = True  # prompt_completion / text: end each example with EOS (trained)
+    packing: bool = False  # one row per batch, attention confined to each example
+    eval_path: str | None = None
+    eval_size: int = Field(40, ge=1)  # held out from `path` when eval_path is not given
+    split_seed: int = 0
+    max_examples: int | None = Field(None, ge=1)  # train on the first N (after the split)
+    samples: int = Field(3, ge=0)  # held-out prompts generated at each evaluation
+    sample_tokens: int = Field(64, ge=1)
+
+
+class _RunBase(StrictModel):
     model: ModelConfig = ModelConfig()
-    data: DataConfig
     method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].config_cls())
     train: TrainConfig = TrainConfig()
     output_dir: str = "runs/run"
@@ -110,10 +128,33 @@ class RunConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _early_stopping_needs_eval(self) -> "RunConfig":
+    def _early_stopping_needs_eval(self) -> "_RunBase":
         if self.train.early_stopping is not None and self.train.eval_every is None:
             raise ValueError("train.early_stopping needs train.eval_every (evaluate every N steps)")
         return self
+
+
+class ClassificationRun(_RunBase):
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+
+
+class CausalLMRun(_RunBase):
+    task: Literal["causal_lm"] = "causal_lm"
+    data: SftDataConfig
+
+    @model_validator(mode="after")
+    def _metric_is_loss(self) -> "CausalLMRun":
+        if self.train.metric not in (None, "loss"):
+            raise ValueError(f"train.metric: causal_lm runs are scored by held-out loss, not "
+                             f"{self.train.metric}; remove train.metric or set it to loss")
+        return self
+
+
+RunConfig = ClassificationRun | CausalLMRun
+RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun], Field(discriminator="task")]
+_ADAPTER = TypeAdapter(RUN_CONFIG)
+TASKS = ("classification", "causal_lm")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -176,8 +217,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
 
 
 def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    if isinstance(tree, dict) and "task" not in tree:
+        tree = {"task": "classification", **tree}
     try:
-        return RunConfig.model_validate(tree)
+        return _ADAPTER.validate_python(tree)
     except ValidationError as exc:
         lines = [_describe(err) for err in exc.errors()]
         raise ConfigError(f"{source}: " + "; ".join(dict.fromkeys(lines))) from None
@@ -202,6 +245,10 @@ def _describe(err: dict[str, Any]) -> str:
         return f"unknown key '{dotted}'{hint}; valid keys here: {', '.join(known)}"
     if kind == "union_tag_invalid":
         tag = err.get("ctx", {}).get("tag", "")
+        if not loc:
+            guess = difflib.get_close_matches(str(tag), TASKS, n=1, cutoff=0.5)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            return f"task: unknown task '{tag}'{hint}; choose from: {', '.join(TASKS)}"
         names = list(METHODS)
         guess = difflib.get_close_matches(str(tag), names, n=1, cutoff=0.5)
         hint = f" (did you mean '{guess[0]}'?)" if guess else ""
@@ -222,8 +269,8 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[StrictModel]
     config classes that could hold the last key (one, once a method tag picked its class).
     """
     out: list[Any] = []
-    cls: Any = RunConfig
-    parent: list[type[StrictModel]] = [RunConfig]
+    cls: Any = RUN_CONFIG
+    parent: list[type[StrictModel]] = [ClassificationRun]
     for part in loc:
         options = _models_in(cls)
         if not options:  # a leaf value: the rest are pydantic's type markers
@@ -264,9 +311,10 @@ def _models_in(annotation: Any) -> list[type[StrictModel]]:
 
 
 def _tag_of(model: type[StrictModel]) -> Any:
-    field = model.model_fields.get("name")
-    if field is None:
-        return None
-    args = typing.get_args(field.annotation)
-    return args[0] if args else None
-
+    """The discriminator value of a config class: its `task` (runs) or `name` (methods)."""
+    for key in ("task", "name"):
+        field = model.model_fields.get(key)
+        args = typing.get_args(field.annotation) if field is not None else ()
+        if args:
+            return args[0]
+    return None

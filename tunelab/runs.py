@@ -16,7 +16,7 @@ from tunelab.atomic import atomic_write
 from tunelab.errors import CheckpointError
 from tunelab.methods import head_modules
 from tunelab.methods.peft_format import load_adapter
-from tunelab.models import load_classifier, load_tokenizer, resolve
+from tunelab.models import load_causal_lm, load_classifier, load_tokenizer, resolve
 
 RUN_INFO = "run.json"
 ADAPTER_DIR = "adapter"
@@ -45,10 +45,13 @@ def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     info = read_run_info(run_dir)
     base = resolve(info["base_model"])
     tokenizer = load_tokenizer(base)
-    if info["artifact"] == ADAPTER_DIR:
-        model = load_classifier(base, info["labels"])
-        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
+    full = run_dir / MODEL_DIR if info["artifact"] == MODEL_DIR else None
+    if info["task"] == "causal_lm":
+        model = load_causal_lm(base, weights_from=full)
     else:
-        model = load_classifier(base, info["labels"], weights_from=run_dir / MODEL_DIR)
+        model = load_classifier(base, info["labels"], weights_from=full,
+                                pad_token_id=tokenizer.pad_token_id)
+    if full is None:
+        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
     model.eval()
     return model, tokenizer, info

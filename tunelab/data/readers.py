@@ -71,12 +71,14 @@ def _delimited_rows(path: Path, kind: str, header: bool, columns: Columns
         elif any(isinstance(c, str) for c in wanted):
             raise DataError(f"{path}: data.header is false, so data.columns must be 0-based "
                             f"indices, not names ({', '.join(map(str, wanted))})")
-        width = len(names) if names else 1 + max(c for c in wanted if isinstance(c, int))
+        need = 1 + max(c for c in wanted if isinstance(c, int)) if not names else len(names)
+        width: int | None = len(names) if names else None  # headerless: the first row's width
         for row in reader:
             line = reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
-            if len(row) < width:
+            width = width or max(len(row), need)
+            if len(row) != width:
                 sep = "tab-separated" if kind == "tsv" else "comma-separated"
                 raise DataError(f"{path}:{line}: expected {width} {sep} fields, found {len(row)}")
             yield line, (dict(zip(names, row)) if names else dict(enumerate(row)))

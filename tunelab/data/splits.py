@@ -91,9 +91,17 @@ def load_splits(cfg: DataConfig) -> Splits:
         train = random.Random(cfg.split_seed).sample(train, cfg.max_train_examples)
         notes.append(f"training on a seeded sample of {len(train)} examples")
     if cfg.max_eval_examples:
-        dev = dev[: cfg.max_eval_examples]
-        test = test[: cfg.max_eval_examples] if test else None
+        dev = _sample(dev, cfg.max_eval_examples, cfg.split_seed)
+        test = _sample(test, cfg.max_eval_examples, cfg.split_seed) if test else None
     return Splits(train, dev, test, labels, notes)
+
+
+def _sample(examples: list[Example], n: int, seed: int) -> list[Example]:
+    """A seeded random subset in file order (the head of a sorted file would be biased)."""
+    if n >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
 
 
 def check_labels(examples: list[Example], labels: list[str]) -> None:

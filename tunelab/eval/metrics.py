@@ -6,9 +6,12 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
 def classification_metrics(preds: list[int], gold: list[int], n_labels: int) -> dict[str, float]:
+    """Macro-F1 averages over the labels that occur in gold or predictions: a class absent
+    from a subset is not scored as F1 = 0."""
+    present = sorted(set(gold) | set(preds))
     return {"accuracy": float(accuracy_score(gold, preds)),
-            "macro_f1": float(f1_score(gold, preds, average="macro",
-                                       labels=list(range(n_labels)), zero_division=0))}
+            "macro_f1": float(f1_score(gold, preds, average="macro", labels=present,
+                                       zero_division=0))}
 
 
 def confusion(preds: list[int], gold: list[int], n_labels: int) -> list[list[int]]:

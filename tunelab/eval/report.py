@@ -36,6 +36,12 @@ def plot_history(history: list[dict[str, Any]], metric: str, path: Path) -> Path
     return path
 
 
+def format_scores(scores: dict[str, Any]) -> str:
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss",
+             "perplexity": "perplexity"}
+    return "  ".join(f"{names[k]}: {scores[k]:.4f}" for k in names if k in scores)
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     metric = summary["metric"]
     best = summary.get("best") or {}
@@ -44,10 +50,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
              f"precision {summary['precision']})"]
     if best:
         lines.append(f"best dev {metric}: {best[metric]:.4f} at step {best['step']}")
-    final = summary["final_dev"]
-    lines.append(f"dev accuracy: {final['accuracy']:.4f}  macro-F1: {final['macro_f1']:.4f}  "
-                 f"loss: {final['loss']:.4f}  ({summary['dev_examples']} examples, "
-                 f"{'best' if summary['restored_best'] else 'last'} weights)")
+    if summary.get("initial_dev"):
+        lines.append(f"dev before training: {format_scores(summary['initial_dev'])}")
+    weights = "best" if summary["restored_best"] else "last"
+    lines.append(f"dev after training:  {format_scores(summary['final_dev'])}  "
+                 f"({summary['dev_examples']} examples, {weights} weights)")
     lines.append(f"trainable parameters: {summary['trainable']:,} / {summary['total']:,}")
     lines.append(f"{summary['artifact_kind']}: {summary['artifact']}")
     lines.append(f"metrics: {summary['metrics_file']}  plot: {summary['plot']}")

@@ -62,6 +62,9 @@ def no_match_message(targets: list[str] | str, candidates: list[str]) -> str:
     for probe in probes:
         close += difflib.get_close_matches(probe.rsplit(".", 1)[-1], short, n=3, cutoff=0.4)
     close = list(dict.fromkeys(close)) or short[:5]
+    if isinstance(targets, str) and targets in short:
+        return (f"method.targets: the string '{targets}' is a regex over full module names and "
+                f"matches none; to pick layers named {targets}, write targets: [{targets}]")
     return (f"method.targets: no Linear layer matches '{wanted}'; closest Linear names: "
             f"{', '.join(close)} (all Linear names: {', '.join(short)}; or use 'all-linear')")
 

@@ -14,16 +14,21 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifi
 
 
 def load_tokenizer(path: Path) -> Any:
+    """The model's tokenizer; one without a pad token (GPT-2, Llama) pads with its EOS, and the
+    model config is given the same id (load_classifier), so padded positions are never read."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:
         raise ModelError(f"{path}: cannot load a tokenizer ({type(exc).__name__}: {exc})") from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
-                    weights_from: Path | None = None) -> Any:
+                    weights_from: Path | None = None, pad_token_id: int | None = None) -> Any:
     """A sequence-classification model with len(labels) outputs.
 
     `dropout` overrides every dropout rate the config has. `weights_from` loads a full
@@ -46,10 +51,33 @@ def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
         for key in DROPOUT_KEYS:
             if isinstance(getattr(config, key, None), float):
                 setattr(config, key, dropout)
-    if getattr(config, "pad_token_id", None) is None:
-        config.pad_token_id = getattr(config, "eos_token_id", None)
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id  # decoders find the last real token by this id
     try:
         return AutoModelForSequenceClassification.from_pretrained(str(source), config=config)
     except Exception as exc:
         raise ModelError(f"{source}: cannot build a sequence classifier ({type(exc).__name__}: "
                          f"{exc})") from None
+
+
+def load_causal_lm(path: Path, dropout: float | None = None, weights_from: Path | None = None) -> Any:
+    """A causal LM (Llama, Qwen, Mistral, GPT-2, ...) in float32; `weights_from` as above."""
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    source = weights_from or path
+    try:
+        config = AutoConfig.from_pretrained(str(source))
+    except Exception as exc:
+        raise ModelError(f"{source}: cannot read the model config ({exc})") from None
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, dropout)
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(source), config=config, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelError(f"{source}: cannot build a causal LM ({type(exc).__name__}: {exc})") from None

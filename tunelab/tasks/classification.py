@@ -26,6 +26,7 @@ class Predictions:
 
 class ClassificationTask:
     name = "classification"
+    default_metric = "accuracy"
 
     def __init__(self, labels: list[str], max_length: int, pad_id: int):
         self.labels = labels
@@ -40,6 +41,11 @@ class ClassificationTask:
 
     def collate(self, data: Encoded, index: list[int]) -> dict[str, torch.Tensor]:
         return collate(data, index, self.pad_id)
+
+    @staticmethod
+    def units(data: Encoded, index: list[int]) -> int:
+        """Examples: the loss is a mean per example."""
+        return len(index)
 
     @staticmethod
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

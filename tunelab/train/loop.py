@@ -44,6 +44,7 @@ class LoopState:
     bad_evals: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    stopped_early: bool = False
 
 
 class Trainer:
@@ -67,6 +68,8 @@ class Trainer:
         self._plans: dict[int, list[list[int]]] = {}
         self.ckpt_dir = run_dir / "checkpoints"
         self.history: list[dict[str, Any]] = []
+        self.metric = cfg.metric or task.default_metric
+        self.initial_eval: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ batches
     def _plan(self, epoch: int) -> list[list[int]]:
@@ -87,11 +90,14 @@ class Trainer:
     def resume(self) -> int:
         """Load the newest checkpoint; returns the step to continue from (0 if none)."""
         found = ckpt.list_checkpoints(self.ckpt_dir)
-        if not found:
+        if not found:  # interrupted before the first checkpoint: start over, log included
+            _truncate_metrics(self.run_dir / METRICS_FILE, -1)
             return 0
         state = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
         self.state = LoopState(**state["loop"])
         self.history = _truncate_metrics(self.run_dir / METRICS_FILE, state["step"])
+        self.initial_eval = next((r for r in self.history
+                                  if r.get("split") == "dev" and r["step"] == 0), None)
         self.log(f"resumed from {found[-1]} (step {state['step']}/{self.total_steps})")
         return int(state["step"])
 
@@ -106,13 +112,15 @@ class Trainer:
         trainable = [p for p in model.parameters() if p.requires_grad]
         metrics_file = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
         run_loss, run_n, run_tokens, run_t0 = 0.0, 0, 0, time.perf_counter()
-        stopped_early, step = False, start_step
+        stopped_early, step = self.state.stopped_early, start_step
         last_eval: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
                    dynamic_ncols=True, mininterval=1.0)
         try:
+            if start_step == 0 and not self.history:  # the starting point every later number is compared with
+                self.initial_eval = self._evaluate(0, metrics_file)
             with stop_on_signals() as stop:
-                while step < self.total_steps:
+                while step < self.total_steps and not stopped_early:
                     loss, n, tokens = self._step(step, trainable)
                     step += 1
                     run_loss, run_n, run_tokens = run_loss + loss, run_n + n, run_tokens + tokens
@@ -131,12 +139,12 @@ class Trainer:
                         run_loss, run_n, run_tokens, run_t0 = 0.0, 0, 0, time.perf_counter()
                     if (cfg.eval_every and step % cfg.eval_every == 0) or step == self.total_steps:
                         last_eval = self._evaluate(step, metrics_file)
-                        stopped_early = self._early_stop()
+                        stopped_early = self.state.stopped_early = self._early_stop()
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or \
                             step == self.total_steps or stopped_early:
                         self._checkpoint(step)
                     if stopped_early:
-                        self.log(f"early stopping at step {step}: {cfg.metric} has not improved "
+                        self.log(f"early stopping at step {step}: {self.metric} has not improved "
                                  f"for {self.state.bad_evals} evaluations")
                         break
                     if stop:
@@ -150,7 +158,7 @@ class Trainer:
             last_eval = self._evaluate(step, None)
         best = None
         if self.state.best_step is not None:
-            best = {"step": self.state.best_step, cfg.metric: self.state.best_value}
+            best = {"step": self.state.best_step, self.metric: self.state.best_value}
         return FitResult(step, self.total_steps, best, last_eval, stopped_early,
                          self.state.seconds, self.state.tokens, self.history)
 
@@ -158,7 +166,7 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; the loss is the mean per example
         over the whole step, however the examples are split."""
         parts = self.micro_batches(step)
-        n = sum(len(p) for p in parts)
+        n = max(1, sum(self.task.units(self.train, p) for p in parts))
         total, tokens = 0.0, 0
         for index in parts:
             batch = {k: v.to(self.device, non_blocking=True)
@@ -182,7 +190,9 @@ class Trainer:
         if metrics_file is None:
             return record
         self._write(metrics_file, record)
-        value, better = scores[self.cfg.metric], HIGHER_IS_BETTER[self.cfg.metric]
+        if hasattr(self.task, "write_samples"):
+            self.task.write_samples(self.model, self.dev, step, self.run_dir, self.device)
+        value, better = scores[self.metric], HIGHER_IS_BETTER[self.metric]
         delta = self.cfg.early_stopping.min_delta if self.cfg.early_stopping else 0.0
         best = self.state.best_value
         if best is None or (value > best + delta if better else value < best - delta):

@@ -13,13 +13,11 @@ import yaml
 
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config
-from tunelab.data import load_splits
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.report import plot_history, summary_lines
 from tunelab.methods.peft_format import save_adapter
-from tunelab.models import load_classifier, load_tokenizer, resolve
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
-from tunelab.tasks.classification import ClassificationTask
+from tunelab.tasks.setup import setup
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.loop import METRICS_FILE, Trainer
 
@@ -73,34 +71,23 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     t_start = time.perf_counter()
-    splits = load_splits(cfg.data)  # data errors surface before any weights load
-    model_path = resolve(cfg.model.name)
-    for note in splits.notes:
-        log(note)
-    log(f"data: {len(splits.train)} train / {len(splits.dev)} dev examples, "
-        f"labels: {', '.join(splits.labels)}")
-
+    device = pick_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    tokenizer = load_tokenizer(model_path)
-    model = load_classifier(model_path, splits.labels, cfg.model.dropout)
-    report = methods.apply(model, cfg.method)
+    s = setup(cfg, log)  # data first: errors before weights load
+    report = methods.apply(s.model, cfg.method)
     for line in report.lines():
         log(line)
     run_dir = prepare_output(cfg, resume, overwrite)
     (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    device = pick_device(cfg.train.device)
-    model.to(device)
+    s.model.to(device)
     method_cls = methods.METHODS[cfg.method.name]
     artifact = ADAPTER_DIR if method_cls.saves_adapter else MODEL_DIR
-    write_json(run_dir / "run.json", {"task": cfg.task, "labels": splits.labels,
-                                      "base_model": str(model_path), "model_name": cfg.model.name,
-                                      "method": cfg.method.name, "artifact": artifact,
-                                      "max_length": cfg.model.max_length,
-                                      "text_pair": splits.train[0].text_pair is not None})
+    write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
+                                      "model_name": cfg.model.name, "method": cfg.method.name,
+                                      "artifact": artifact, "max_length": cfg.model.max_length,
+                                      **s.info})
 
-    task = ClassificationTask(splits.labels, cfg.model.max_length, tokenizer.pad_token_id or 0)
-    train_data, dev_data = task.encode(tokenizer, splits.train), task.encode(tokenizer, splits.dev)
-    trainer = Trainer(model, task, train_data, dev_data, cfg.train, run_dir, device, log)
+    trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log)
     start = trainer.resume() if resume else 0
     log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
         f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
@@ -108,20 +95,22 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     result = trainer.fit(start)
 
     restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
-    final = (task.evaluate(model, dev_data, cfg.train.eval_batch_size, device, trainer.autocast)
+    final = (s.task.evaluate(s.model, s.dev, cfg.train.eval_batch_size, device, trainer.autocast)
              if restored else result.last_eval)
-    model.cpu()
+    s.model.cpu()
     if method_cls.saves_adapter:
-        out = save_adapter(model, cfg.method, report.head, str(model_path), run_dir / ADAPTER_DIR)
+        out = save_adapter(s.model, cfg.method, report.head, str(s.model_path),
+                           run_dir / ADAPTER_DIR, task=cfg.task)
     else:
         out = run_dir / MODEL_DIR
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    plot = plot_history(result.history, cfg.train.metric, run_dir / "plot.png")
-    summary = {"metric": cfg.train.metric, "best": result.best, "steps": result.steps,
-               "total_steps": result.total_steps, "stopped_early": result.stopped_early,
-               "final_dev": {k: final[k] for k in ("accuracy", "macro_f1", "loss")},
-               "dev_examples": len(dev_data), "restored_best": bool(restored),
+        s.model.save_pretrained(out)
+        s.tokenizer.save_pretrained(out)
+    plot = plot_history(result.history, trainer.metric, run_dir / "plot.png")
+    scores = {k: v for k, v in final.items() if k not in ("step", "split")}
+    summary = {"task": cfg.task, "metric": trainer.metric, "best": result.best,
+               "steps": result.steps, "total_steps": result.total_steps,
+               "stopped_early": result.stopped_early, "initial_dev": _scores(trainer.initial_eval),
+               "final_dev": scores, "dev_examples": len(s.dev), "restored_best": bool(restored),
                "train_seconds": result.seconds, "wall_seconds": time.perf_counter() - t_start,
                "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
                "precision": trainer.precision, "trainable": report.trainable, "total": report.total,
@@ -133,3 +122,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     for line in summary_lines(summary):
         log(line)
     return summary
+
+
+def _scores(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if record is None else {k: v for k, v in record.items() if k not in ("step", "split")}

@@ -1,0 +1,170 @@
+"""Instruction, chat, prompt-completion and plain-text records for causal LM fine-tuning.
+
+Every format becomes one of three shapes: a Conversation (role/content messages), a
+Completion (raw prompt + completion) or a PlainText. Bad records are DataErrors naming the
+file and the line (JSONL) or item (JSON array); nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.catalog import catalog_path
+from tunelab.errors import DataError
+
+SFT_CATALOG = {
+    "alpaca_en": "alpaca_demo/alpaca_en_demo.json",
+    "alpaca_zh": "alpaca_demo/alpaca_zh_demo.json",
+    "code_alpaca": "code_alpaca_2k/code_alpaca_2k.json",
+}
+ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
+              "model": "assistant", "bot": "assistant", "system": "system"}
+FORMATS = ("alpaca", "messages", "prompt_completion", "text")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: list[dict[str, str]]  # {"role": system|user|assistant, "content": ...}
+    where: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt: str
+    completion: str
+    where: str
+
+
+@dataclass(frozen=True)
+class PlainText:
+    text: str
+    where: str
+
+
+Record = Conversation | Completion | PlainText
+
+
+def resolve_sft_path(name: str) -> Path:
+    if name.strip().lower() in SFT_CATALOG:
+        return catalog_path(SFT_CATALOG[name.strip().lower()])
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (catalog names: {', '.join(SFT_CATALOG)})")
+    return path
+
+
+def raw_records(path: Path) -> list[tuple[dict[str, Any], str]]:
+    """(record, where) pairs from a JSON array or JSON Lines file."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        pairs = [(item, f"{path}[item {i}]") for i, item in enumerate(items)]
+    else:
+        pairs = []
+        for line, raw in enumerate(text.splitlines(), start=1):
+            if raw.strip():
+                try:
+                    pairs.append((json.loads(raw), f"{path}:{line}"))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{line}: not valid JSON ({exc.msg})") from None
+    for record, where in pairs:
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object")
+    if not pairs:
+        raise DataError(f"{path}: no records found")
+    return pairs
+
+
+def detect_format(record: dict[str, Any], columns: dict[str, str], where: str) -> str:
+    def has(key: str) -> bool:
+        return columns.get(key, key) in record
+
+    if has("instruction"):
+        return "alpaca"
+    if has("messages") or "conversations" in record:
+        return "messages"
+    if has("prompt") and has("completion"):
+        return "prompt_completion"
+    if has("text"):
+        return "text"
+    raise DataError(f"{where}: cannot tell the format from keys {sorted(record)}; set data.format "
+                    f"({', '.join(FORMATS)}) and data.columns")
+
+
+def to_record(raw: dict[str, Any], fmt: str, columns: dict[str, str], roles: dict[str, str],
+              where: str) -> Record:
+    def text(key: str, required: bool = True) -> str:
+        name = columns.get(key, key)
+        value = raw.get(name)
+        if value is None or value == "":
+            if required:
+                raise DataError(f"{where}: missing or empty '{name}'"
+                                + (f" (data.columns.{key})" if key not in columns else ""))
+            return ""
+        if not isinstance(value, str):
+            raise DataError(f"{where}: '{name}' must be a string, got {type(value).__name__}")
+        return value
+
+    if fmt == "alpaca":
+        return Conversation(_alpaca_messages(raw, text, columns, where), where)
+    if fmt == "messages":
+        key = columns.get("messages", "messages" if "messages" in raw else "conversations")
+        return Conversation(_messages(raw.get(key), {**ROLE_NAMES, **roles}, where, key), where)
+    if fmt == "prompt_completion":
+        return Completion(text("prompt"), text("completion"), where)
+    return PlainText(text("text"), where)
+
+
+def _alpaca_messages(raw: dict[str, Any], text, columns: dict[str, str], where: str
+                     ) -> list[dict[str, str]]:
+    """system?, history pairs, then instruction (+ a blank line + input, when given) -> output."""
+    messages = []
+    system = text("system", required=False)
+    if system:
+        messages.append({"role": "system", "content": system})
+    history = raw.get(columns.get("history", "history")) or []
+    if not isinstance(history, list) or any(
+            not isinstance(p, (list, tuple)) or len(p) != 2 or not all(isinstance(x, str) for x in p)
+            for p in history):
+        raise DataError(f"{where}: 'history' must be a list of [user, assistant] string pairs")
+    for user, assistant in history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    prompt = text("instruction")
+    extra = text("input", required=False)
+    messages.append({"role": "user", "content": f"{prompt}\n\n{extra}" if extra else prompt})
+    messages.append({"role": "assistant", "content": text("output")})
+    return messages
+
+
+def _messages(value: Any, roles: dict[str, str], where: str, key: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: '{key}' must be a non-empty list of messages")
+    out = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: {key}[{i}] is not an object")
+        role = message.get("role", message.get("from"))
+        content = message.get("content", message.get("value"))
+        if role not in roles:
+            raise DataError(f"{where}: {key}[{i}] has role {role!r}; known roles: "
+                            f"{', '.join(sorted(roles))} (map others with data.roles)")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {key}[{i}] has no text 'content' (or ShareGPT 'value')")
+        out.append({"role": roles[role], "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{where}: no assistant message, so nothing would train")
+    return out
+
+
+def load_records(path_or_name: str, fmt: str, columns: dict[str, str], roles: dict[str, str]
+                 ) -> list[Record]:
+    path = resolve_sft_path(path_or_name)
+    pairs = raw_records(path)
+    chosen = fmt if fmt != "auto" else detect_format(pairs[0][0], columns, pairs[0][1])
+    return [to_record(raw, chosen, columns, roles, where) for raw, where in pairs]

@@ -1,0 +1,134 @@
+"""Causal LM fine-tuning (instruction / chat SFT, continued pretraining): batching, loss, scoring.
+
+The loss is summed cross-entropy over supervised tokens only, and the vocabulary projection
+runs only at positions whose next token trains: prompt tokens never pay for the (large)
+output layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.data.batching import plan_batches
+from tunelab.data.render import IGNORE, LMEncoded, Renderer
+from tunelab.data.sft import Conversation
+
+
+def pad_batch(data: LMEncoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (B, T) input_ids, attention_mask and labels."""
+    width = max(len(data.input_ids[i]) for i in index)
+    ids = torch.full((len(index), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(index), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(index), width), dtype=torch.long)
+    for row, i in enumerate(index):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        labels[row, :n] = torch.tensor(data.labels[i])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_batch(data: LMEncoded, index: list[int]) -> dict[str, torch.Tensor]:
+    """All examples in one row (1, T): position ids restart per example, and a block-diagonal
+    causal mask keeps each example from seeing the others. Labels at example starts are
+    IGNORE, so no example is trained to predict its first token from the one before."""
+    ids, labels, pos, seg = [], [], [], []
+    for k, i in enumerate(index):
+        n = len(data.input_ids[i])
+        ids += data.input_ids[i]
+        labels += [IGNORE] + data.labels[i][1:]
+        pos += range(n)
+        seg += [k] * n
+    s = torch.tensor(seg)
+    causal = torch.ones(len(seg), len(seg), dtype=torch.bool).tril()
+    allowed = causal & (s[:, None] == s[None, :])  # (T, T)
+    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+            "position_ids": torch.tensor([pos]), "block_mask": allowed[None, None]}
+
+
+class CausalLMTask:
+    name = "causal_lm"
+    default_metric = "loss"
+
+    def __init__(self, tokenizer, renderer: Renderer, packing: bool, samples: int = 0,
+                 sample_tokens: int = 64):
+        self.tok, self.renderer, self.packing = tokenizer, renderer, packing
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.samples, self.sample_tokens = samples, sample_tokens
+
+    def collate(self, data: LMEncoded, index: list[int]) -> dict[str, torch.Tensor]:
+        return pack_batch(data, index) if self.packing else pad_batch(data, index, self.pad_id)
+
+    @staticmethod
+    def units(data: LMEncoded, index: list[int]) -> int:
+        """Supervised tokens (what the loss averages over)."""
+        return sum(sum(1 for x in data.labels[i][1:] if x != IGNORE) for i in index)
+
+    @staticmethod
+    def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        if "block_mask" in batch:
+            dtype = torch.get_autocast_dtype(batch["input_ids"].device.type) \
+                if torch.is_autocast_enabled(batch["input_ids"].device.type) else next(model.parameters()).dtype
+            inputs["attention_mask"] = torch.zeros(batch["block_mask"].shape, dtype=dtype,
+                                                   device=batch["block_mask"].device
+                                                   ).masked_fill(~batch["block_mask"], torch.finfo(dtype).min)
+        hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)
+        targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
+        keep = targets != IGNORE
+        logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V), N supervised
+        return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: LMEncoded, batch_size: int, device: torch.device,
+                 autocast: torch.autocast | None = None) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        total, n = 0.0, 0
+        for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
+            batch = {k: v.to(device) for k, v in pad_batch(data, index, self.pad_id).items()}
+            with autocast or nullcontext():
+                total += self.loss_sum(model, batch).item()
+            n += self.units(data, index)
+        model.train(was_training)
+        loss = total / max(n, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+
+    @torch.no_grad()
+    def write_samples(self, model: nn.Module, data: LMEncoded, step: int, run_dir: Path,
+                      device: torch.device) -> Path | None:
+        """Greedy generations for the first few held-out prompts, saved per evaluation."""
+        if not self.samples:
+            return None
+        was_training = model.training
+        model.eval()
+        out = run_dir / "samples" / f"step-{step:07d}.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for record in data.records[: self.samples]:
+            prompt = self.renderer.prompt_text(record)
+            raw = not isinstance(record, Conversation)  # raw prompts were tokenised with BOS etc.
+            rows.append({"prompt": prompt, "response": generate_text(
+                model, self.tok, prompt, self.sample_tokens, device, special_tokens=raw)})
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        model.train(was_training)
+        return out
+
+
+def generate_text(model: nn.Module, tokenizer, prompt: str, max_new_tokens: int,
+                  device: torch.device, temperature: float = 0.0, streamer=None,
+                  special_tokens: bool = False) -> str:
+    """Continue `prompt` (a rendered chat prompt, or raw text with special_tokens=True);
+    greedy unless temperature > 0."""
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=special_tokens).to(device)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id
+                         or tokenizer.eos_token_id, streamer=streamer, **sampling)
+    return tokenizer.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

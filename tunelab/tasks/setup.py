@@ -1,0 +1,101 @@
+"""Per-task setup: read the data, load the matching model and tokenizer, encode.
+
+Data are read before any weights load, so data errors surface in a second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.config import CausalLMRun, ClassificationRun, RunConfig
+from tunelab.data import load_splits
+from tunelab.data.render import Renderer
+from tunelab.data.sft import load_records
+from tunelab.errors import DataError
+from tunelab.models import load_causal_lm, load_classifier, load_tokenizer, resolve
+from tunelab.tasks.causal_lm import CausalLMTask
+from tunelab.tasks.classification import ClassificationTask
+
+
+@dataclass
+class Setup:
+    model: Any
+    tokenizer: Any
+    task: Any
+    train: Any
+    dev: Any
+    model_path: Path
+    info: dict[str, Any] = field(default_factory=dict)  # stored in run.json
+
+
+def classification(cfg: ClassificationRun, log: Callable[[str], None]) -> Setup:
+    splits = load_splits(cfg.data)
+    model_path = resolve(cfg.model.name)
+    for note in splits.notes:
+        log(note)
+    log(f"data: {len(splits.train)} train / {len(splits.dev)} dev examples, "
+        f"labels: {', '.join(splits.labels)}")
+    tokenizer = load_tokenizer(model_path)
+    model = load_classifier(model_path, splits.labels, cfg.model.dropout,
+                            pad_token_id=tokenizer.pad_token_id)
+    task = ClassificationTask(splits.labels, cfg.model.max_length, tokenizer.pad_token_id)
+    return Setup(model, tokenizer, task, task.encode(tokenizer, splits.train),
+                 task.encode(tokenizer, splits.dev), model_path,
+                 {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None})
+
+
+def split_records(cfg: CausalLMRun) -> tuple[list, list]:
+    """(train, held-out) records: eval_path if given, else a seeded random hold-out."""
+    import random
+
+    d = cfg.data
+    records = load_records(d.path, d.format, d.columns, d.roles)
+    if d.eval_path:
+        held = load_records(d.eval_path, d.format, d.columns, d.roles)
+    else:
+        if d.eval_size >= len(records):
+            raise DataError(f"data.eval_size {d.eval_size} leaves no training examples out of "
+                            f"{len(records)}; lower it or give data.eval_path")
+        order = list(range(len(records)))
+        random.Random(d.split_seed).shuffle(order)
+        held = [records[i] for i in sorted(order[: d.eval_size])]
+        records = [records[i] for i in sorted(order[d.eval_size:])]
+    if d.max_examples:
+        records = records[: d.max_examples]
+    return records, held
+
+
+def renderer_for(cfg: CausalLMRun, tokenizer) -> Renderer:
+    d = cfg.data
+    return Renderer(tokenizer, d.loss_on, cfg.model.max_length, d.truncation, d.append_eos,
+                    d.template)
+
+
+def causal_lm(cfg: CausalLMRun, log: Callable[[str], None]) -> Setup:
+    train_records, held = split_records(cfg)
+    model_path = resolve(cfg.model.name)
+    tokenizer = load_tokenizer(model_path)
+    renderer = renderer_for(cfg, tokenizer)
+    train, stats = renderer.encode(train_records)
+    dev, dev_stats = renderer.encode(held)
+    d = cfg.data
+    log(f"data: {len(train)} train / {len(dev)} held-out examples; loss on {d.loss_on} tokens; "
+        f"truncation {d.truncation} at {cfg.model.max_length}; "
+        f"{'packing' if d.packing else 'padding per batch'}")
+    for line in stats.lines():
+        log(f"  train {line}")
+    log(f"  held-out {dev_stats.lines()[1]}")
+    model = load_causal_lm(model_path, cfg.model.dropout)
+    task = CausalLMTask(tokenizer, renderer, d.packing, d.samples, d.sample_tokens)
+    return Setup(model, tokenizer, task, train, dev, model_path,
+                 {"chat_template": d.template, "train_stats": vars(stats) | {"lengths": None}})
+
+
+SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
+    "classification": classification, "causal_lm": causal_lm}
+
+
+def setup(cfg: RunConfig, log: Callable[[str], None]) -> Setup:
+    return SETUPS[cfg.task](cfg, log)
