@@ -59,3 +59,17 @@ def test_untrained_head_is_near_chance(monkeypatch):
     task = ClassificationTask(splits.labels, 128, tok.pad_token_id)
     scores = task.evaluate(model, task.encode(tok, splits.dev), 64, torch.device("cpu"))
     assert 0.35 <= scores["accuracy"] <= 0.65
+
+
+def test_lora_sft_on_smollm2_lowers_held_out_loss(tmp_path, monkeypatch):
+    """Real SmolLM2-135M-Instruct (packaged GGUF, converted once) on real Alpaca data."""
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(real_data_dir()))
+    cfg = load_config(None, [
+        "task=causal_lm", "model.name=smollm2", "model.max_length=128", "data.path=alpaca_en",
+        "data.max_examples=32", "data.eval_size=8", "data.samples=0", "method.name=lora",
+        "method.r=8", "method.alpha=16", "method.targets=all-linear", "train.max_steps=8",
+        "train.batch_size=4", "train.lr=1e-3", "train.warmup_ratio=0", "train.eval_every=8",
+        f"output_dir={tmp_path / 'sft'}"])
+    summary = train(cfg, log=lambda _: None)
+    before, after = summary["initial_dev"]["loss"], summary["final_dev"]["loss"]
+    assert after < before - 0.02, (before, after)

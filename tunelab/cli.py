@@ -41,6 +41,26 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", nargs="*")
     pr.add_argument("--file", type=Path, help="one text per line")
 
+    d = sub.add_parser("data", help="data tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ins = dsub.add_parser("inspect", help="rendered examples with trained tokens marked, and stats")
+    ins.add_argument("config")
+    ins.add_argument("overrides", nargs="*")
+    ins.add_argument("-n", type=int, default=3, help="examples to show")
+    ins.add_argument("--no-color", action="store_true", help="mark trained tokens with [[ ]]")
+
+    for name, helptext in (("generate", "generate text from a causal LM run or model"),
+                           ("chat", "interactive chat with a causal LM run or model")):
+        g = sub.add_parser(name, help=helptext)
+        g.add_argument("target", help="a run directory, or a model name / directory")
+        g.add_argument("--system", help="a system prompt")
+        g.add_argument("--max-new-tokens", type=int, default=256)
+        g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+        if name == "generate":
+            g.add_argument("--prompt")
+            g.add_argument("--file", type=Path, help="JSONL of {prompt} or {messages}")
+            g.add_argument("--out", type=Path, help="JSONL to write (default: print)")
+
     m = sub.add_parser("merge", help="write base + adapter as one plain transformers checkpoint")
     m.add_argument("run_dir", type=Path)
     m.add_argument("out", type=Path)
@@ -86,6 +106,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.evaluate(args.run_dir, args.data, args.split)
     elif args.command == "predict":
         commands.predict(args.run_dir, args.texts, args.file)
+    elif args.command == "data":
+        from tunelab.inspect_data import inspect
+
+        inspect(load_config(args.config, args.overrides), args.n,
+                colour=False if args.no_color else None)
+    elif args.command == "generate":
+        from tunelab.generation import generate
+
+        generate(args.target, args.prompt, args.file, args.out, args.system, args.max_new_tokens,
+                 args.temperature)
+    elif args.command == "chat":
+        from tunelab.generation import chat
+
+        chat(args.target, args.system, args.max_new_tokens, args.temperature)
     elif args.command == "merge":
         commands.merge(args.run_dir, args.out)
     return 0

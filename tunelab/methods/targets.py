@@ -42,8 +42,9 @@ def select(model: nn.Module, targets: list[str] | str, exclude: list[str]) -> li
     'all-linear' is a regex matched against the full module name.
     """
     candidates = linear_names(model, exclude)
-    if targets == ALL_LINEAR:
-        chosen = candidates
+    if targets == ALL_LINEAR:  # as in PEFT: every Linear but the output (vocabulary) layer
+        out_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        chosen = [n for n in candidates if model.get_submodule(n) is not out_layer]
     elif isinstance(targets, str):
         pattern = re.compile(targets)
         chosen = [n for n in candidates if pattern.fullmatch(n)]

@@ -1,0 +1,94 @@
+"""Causal LM runs end to end on a tiny in-process Llama: learning, packing, generation, inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sft_fixtures import tiny_llama_dir
+from tunelab.cli import main
+from tunelab.config import validate
+from tunelab.train.run import train
+
+PAIRS = [("say one", "one two three"), ("say fox", "the quick brown fox"),
+         ("say hello", "hello world"), ("say sea", "the sea and the sky")]
+
+
+@pytest.fixture
+def sft_setup(tmp_path) -> tuple[Path, Path]:
+    rows = [{"instruction": q, "input": "", "output": a} for q, a in PAIRS * 6]
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(rows))
+    return tiny_llama_dir(tmp_path / "llama"), data
+
+
+def config(model: Path, data: Path, out: Path, **data_opts) -> dict:
+    return {"task": "causal_lm", "model": {"name": str(model), "max_length": 64},
+            "data": {"path": str(data), "eval_size": 4, "samples": 1, "sample_tokens": 8,
+                     **data_opts},
+            "method": {"name": "full"},
+            "train": {"batch_size": 4, "lr": 1e-2, "max_steps": 40, "eval_every": 20,
+                      "log_every": 5, "warmup_ratio": 0.0},
+            "output_dir": str(out)}
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_tiny_sft_lowers_held_out_loss(sft_setup, tmp_path, packing):
+    model, data = sft_setup
+    summary = train(validate(config(model, data, tmp_path / "run", packing=packing)),
+                    log=lambda _: None)
+    assert summary["final_dev"]["loss"] < 0.5 * summary["initial_dev"]["loss"]
+    assert summary["final_dev"]["perplexity"] < summary["initial_dev"]["perplexity"]
+    samples = sorted((tmp_path / "run" / "samples").glob("step-*.jsonl"))
+    assert [p.name for p in samples] == ["step-0000000.jsonl", "step-0000020.jsonl",
+                                         "step-0000040.jsonl"]
+    first = json.loads(samples[-1].read_text().splitlines()[0])
+    assert first["prompt"].endswith("<|im_start|>assistant\n") and "response" in first
+
+
+def test_lora_sft_saves_a_causal_lm_adapter_that_generates(sft_setup, tmp_path, capsys):
+    model, data = sft_setup
+    tree = config(model, data, tmp_path / "run")
+    tree["method"] = {"name": "lora", "r": 4, "alpha": 8, "targets": "all-linear"}
+    tree["train"]["lr"] = 2e-2
+    summary = train(validate(tree), log=lambda _: None)
+    assert summary["final_dev"]["loss"] < summary["initial_dev"]["loss"]
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "CAUSAL_LM" and adapter["modules_to_save"] is None
+    assert "lm_head" not in adapter["target_modules"]  # all-linear spares the output layer
+    prompts = tmp_path / "in.jsonl"
+    prompts.write_text(json.dumps({"prompt": "say one"}) + "\n"
+                       + json.dumps({"messages": [{"role": "user", "content": "say fox"}]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(tmp_path / "run"), "--file", str(prompts), "--out", str(out),
+                 "--max-new-tokens", "6"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r.get("prompt") for r in rows] == ["say one", None]
+    assert all(isinstance(r["response"], str) for r in rows)
+    base = main(["generate", str(model), "--prompt", "say one", "--max-new-tokens", "4"])
+    assert base == 0  # the base model alone generates too
+
+
+def test_data_inspect_marks_trained_tokens(sft_setup, tmp_path, capsys):
+    import yaml
+
+    model, data = sft_setup
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config(model, data, tmp_path / "run")))
+    assert main(["data", "inspect", str(path), "-n", "1", "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "<|im_start|>assistant\n[[" in out and "<|im_end|>]]" in out
+    assert "examples: 20 read, 20 kept" in out and "length histogram (tokens):" in out
+
+
+def test_chat_streams_and_resets(sft_setup, capsys):
+    import io
+
+    from tunelab.generation import chat
+
+    model, _ = sft_setup
+    chat(str(model), None, 4, 0.0, stdin=io.StringIO("say one\n/reset\nsay fox\n/exit\n"))
+    out = capsys.readouterr().out
+    assert out.count("> ") == 4 and "(conversation cleared)" in out

@@ -1,0 +1,64 @@
+"""`tunelab data inspect`: show exactly which tokens train, and the data's statistics."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from itertools import groupby
+
+from tunelab.config import CausalLMRun, ClassificationRun, RunConfig
+from tunelab.data import load_splits
+from tunelab.data.render import IGNORE, histogram
+from tunelab.models import load_tokenizer, resolve
+from tunelab.tasks.setup import renderer_for, split_records
+
+GREEN, RESET = "\033[32;1m", "\033[0m"
+
+
+def mark_trained(tokenizer, ids: list[int], labels: list[int], colour: bool) -> str:
+    """The decoded example with supervised spans in green (terminal) or [[brackets]]."""
+    out = []
+    for trained, group in groupby(zip(ids, labels), key=lambda p: p[1] != IGNORE):
+        text = tokenizer.decode([i for i, _ in group], skip_special_tokens=False)
+        if trained:
+            text = f"{GREEN}{text}{RESET}" if colour else f"[[{text}]]"
+        out.append(text)
+    return "".join(out)
+
+
+def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
+    colour = sys.stdout.isatty() if colour is None else colour
+    if isinstance(cfg, ClassificationRun):
+        return _classification(cfg)
+    assert isinstance(cfg, CausalLMRun)
+    records, held = split_records(cfg)
+    tokenizer = load_tokenizer(resolve(cfg.model.name))
+    renderer = renderer_for(cfg, tokenizer)
+    data, stats = renderer.encode(records)
+    how = "green" if colour else "inside [[ ]]"
+    print(f"{len(records)} training records, {len(held)} held out; loss on {cfg.data.loss_on} "
+          f"tokens; trained tokens are shown {how}\n")
+    for k in range(min(n, len(data))):
+        print(f"--- example {k + 1} ({data.records[k].where}, {len(data.input_ids[k])} tokens, "
+              f"{sum(1 for x in data.labels[k][1:] if x != IGNORE)} trained)")
+        print(mark_trained(tokenizer, data.input_ids[k], data.labels[k], colour))
+    print("\n--- statistics (training split)")
+    for line in stats.lines():
+        print(line)
+    print("length histogram (tokens):")
+    for line in histogram(stats.lengths):
+        print("  " + line)
+
+
+def _classification(cfg: ClassificationRun) -> None:
+    splits = load_splits(cfg.data)
+    tokenizer = load_tokenizer(resolve(cfg.model.name))
+    for name, part in (("train", splits.train), ("dev", splits.dev)):
+        counts = Counter(e.label for e in part)
+        print(f"{name}: {len(part)} examples; " + ", ".join(f"{k}: {counts[k]}" for k in splits.labels))
+    lengths = [len(ids) for ids in tokenizer([e.text for e in splits.train], text_pair=None)["input_ids"]]
+    truncated = sum(1 for n in lengths if n > cfg.model.max_length)
+    print(f"train tokens: {sum(lengths)}; truncated at {cfg.model.max_length}: {truncated}")
+    print("length histogram (tokens):")
+    for line in histogram(lengths):
+        print("  " + line)
