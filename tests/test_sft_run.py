@@ -92,3 +92,56 @@ def test_chat_streams_and_resets(sft_setup, capsys):
     chat(str(model), None, 4, 0.0, stdin=io.StringIO("say one\n/reset\nsay fox\n/exit\n"))
     out = capsys.readouterr().out
     assert out.count("> ") == 4 and "(conversation cleared)" in out
+
+
+def test_gpt2_style_model_continued_pretraining_on_text(tmp_path):
+    """A GPT-2 architecture (no chat template needed) on plain text, EOS appended and trained."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from sft_fixtures import CORPUS, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                     eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in CORPUS * 5))
+    tree = config(tmp_path / "gpt2", data, tmp_path / "run")
+    summary = train(validate(tree), log=lambda _: None)  # full fine-tuning
+    assert summary["final_dev"]["loss"] < 0.8 * summary["initial_dev"]["loss"]
+
+
+def test_lora_on_gpt2_conv1d_merges_and_loads_in_peft(tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunelab import methods
+    from tunelab.methods.peft_format import merge, save_adapter
+
+    def base():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2,
+                                          n_positions=32)).eval()
+
+    model = base()
+    cfg = validate({"data": {"train": "x"}, "method": {"name": "lora", "r": 4,
+                                                       "targets": ["c_attn", "c_proj"]}}).method
+    methods.apply(model, cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        want = model(x).logits
+    save_adapter(model, cfg, [], "gpt2", tmp_path / "ad", task="causal_lm")
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["fan_in_fan_out"]
+    with torch.no_grad():
+        theirs = PeftModel.from_pretrained(base(), tmp_path / "ad").eval()(x).logits
+        merge(model)
+        merged = model(x).logits
+    assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)

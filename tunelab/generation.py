@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import yaml
 
+from tunelab.data.readers import json_lines
 from tunelab.errors import DataError, ModelError
 from tunelab.models import load_causal_lm, load_tokenizer, resolve
 from tunelab.runs import RUN_INFO, load_trained
@@ -67,14 +68,8 @@ def _read_prompts(file: Path) -> list[dict[str, Any]]:
     if not file.is_file():
         raise DataError(f"{file}: file not found")
     items = []
-    for line, raw in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{file}:{line}: not valid JSON ({exc.msg})") from None
-        if not isinstance(item, dict) or not ("prompt" in item or "messages" in item):
+    for line, item in json_lines(file):
+        if not ("prompt" in item or "messages" in item):
             raise DataError(f"{file}:{line}: expected an object with 'prompt' or 'messages'")
         items.append(item)
     return items

@@ -46,7 +46,7 @@ def read_examples(path: Path, fmt: str, header: bool, columns: Columns) -> list[
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind = detect_format(path, fmt)
-    rows = _json_rows(path) if kind == "jsonl" else _delimited_rows(path, kind, header, columns)
+    rows = json_lines(path) if kind == "jsonl" else _delimited_rows(path, kind, header, columns)
     examples = [_example(row, columns, path, line) for line, row in rows]
     if not examples:
         raise DataError(f"{path}: no examples found")
@@ -84,7 +84,8 @@ def _delimited_rows(path: Path, kind: str, header: bool, columns: Columns
             yield line, (dict(zip(names, row)) if names else dict(enumerate(row)))
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict[Any, Any]]]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[Any, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file."""
     with path.open(encoding="utf-8") as f:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.catalog import catalog_path
+from tunelab.data.readers import json_lines
 from tunelab.errors import DataError
 
 SFT_CATALOG = {
@@ -65,17 +66,11 @@ def raw_records(path: Path) -> list[tuple[dict[str, Any], str]]:
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
         pairs = [(item, f"{path}[item {i}]") for i, item in enumerate(items)]
+        for record, where in pairs:
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object")
     else:
-        pairs = []
-        for line, raw in enumerate(text.splitlines(), start=1):
-            if raw.strip():
-                try:
-                    pairs.append((json.loads(raw), f"{path}:{line}"))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line}: not valid JSON ({exc.msg})") from None
-    for record, where in pairs:
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object")
+        pairs = [(record, f"{path}:{line}") for line, record in json_lines(path)]
     if not pairs:
         raise DataError(f"{path}: no records found")
     return pairs

@@ -45,9 +45,9 @@ def format_scores(scores: dict[str, Any]) -> str:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     metric = summary["metric"]
     best = summary.get("best") or {}
-    lines = [f"finished {summary['steps']}/{summary['total_steps']} steps in "
-             f"{summary['train_seconds']:.0f}s ({summary['tokens_per_s']:.0f} real tokens/s, "
-             f"precision {summary['precision']})"]
+    lines = [f"finished {summary['steps']}/{summary['total_steps']} steps: {summary['train_seconds']:.0f}s "
+             f"of training steps ({summary['tokens_per_s']:.0f} real tokens/s, precision "
+             f"{summary['precision']}), {summary['wall_seconds']:.0f}s in all"]
     if best:
         lines.append(f"best dev {metric}: {best[metric]:.4f} at step {best['step']}")
     if summary.get("initial_dev"):

@@ -20,7 +20,7 @@ class DoraConfig(LoraConfig):
 
 
 class DoraLinear(LoraLinear):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, scaling: str):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, scaling: str):
         super().__init__(base, r, alpha, dropout, scaling)
         self.lora_magnitude_vector = nn.Parameter(torch.empty(self.out_features,
                                                               dtype=self.weight.dtype,
@@ -32,22 +32,24 @@ class DoraLinear(LoraLinear):
         self.lora_magnitude_vector.copy_(self._row_norm())
 
     def _row_norm(self) -> torch.Tensor:
-        return torch.linalg.vector_norm(self.weight + self.delta_weight(), dim=1)  # (out,)
+        return torch.linalg.vector_norm(self.linear_weight() + self.delta_weight(), dim=1)  # (out,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
-        base = F.linear(x, self.weight)  # (..., out), no bias yet
+        weight = self.linear_weight()
+        base = F.linear(x, weight)  # (..., out), no bias yet
         dropped = self.lora_dropout(x)
-        base_dropped = base if dropped is x else F.linear(dropped, self.weight)
+        base_dropped = base if dropped is x else F.linear(dropped, weight)
         scale = self.lora_magnitude_vector / self._row_norm().detach()  # (out,)
         update = self.lora_B(self.lora_A(dropped)) * self.scaling  # (..., out)
         out = base + (scale - 1) * base_dropped + scale * update
         return out + self.bias if self.bias is not None else out
 
     @torch.no_grad()
-    def merged(self) -> nn.Linear:
+    def merged(self) -> nn.Module:
         layer = super().merged()
-        layer.weight.mul_((self.lora_magnitude_vector / self._row_norm()).unsqueeze(1))
+        scale = self.lora_magnitude_vector / self._row_norm()  # (out,)
+        layer.weight.mul_(scale if self.fan_in_fan_out else scale.unsqueeze(1))
         return layer
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from tunelab.errors import MethodError
 from tunelab.methods import targets as tgt
 from tunelab.methods.base import ApplyReport, Method, freeze_all, report, unfreeze
 from tunelab.schema import StrictModel
@@ -55,9 +56,12 @@ class LoraLinear(nn.Module):
     so the base keys keep their names in the model's state dict.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float, scaling: str):
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, scaling: str):
         super().__init__()
-        self.in_features, self.out_features = base.in_features, base.out_features
+        # transformers' Conv1D (GPT-2) stores its weight as (in, out): "fan in, fan out"
+        self.fan_in_fan_out = not isinstance(base, nn.Linear)
+        self.out_features, self.in_features = base.weight.shape[::-1] if self.fan_in_fan_out \
+            else base.weight.shape
         self.weight = base.weight
         self.bias = base.bias
         self.r, self.alpha, self.scaling_rule = r, alpha, scaling
@@ -70,9 +74,13 @@ class LoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
-        out = F.linear(x, self.weight, self.bias)
+        out = F.linear(x, self.linear_weight(), self.bias)
         update = self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., r) -> (..., out)
         return out + update * self.scaling
+
+    def linear_weight(self) -> torch.Tensor:
+        """The base weight as (out, in), a view for Conv1D layers."""
+        return self.weight.T if self.fan_in_fan_out else self.weight
 
     def finish_init(self) -> None:
         """Called after A and B are initialised; subclasses derive state from them (DoRA)."""
@@ -81,11 +89,18 @@ class LoraLinear(nn.Module):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
 
     @torch.no_grad()
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear computing the same function (used by merge and fast inference)."""
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
-        layer.weight.copy_(self.weight + self.delta_weight())
+    def merged(self) -> nn.Module:
+        """The layer type it replaced (nn.Linear, or Conv1D) with the update folded in."""
+        merged = self.linear_weight() + self.delta_weight()  # (out, in)
+        if self.fan_in_fan_out:
+            from transformers.pytorch_utils import Conv1D
+
+            layer = Conv1D(self.out_features, self.in_features).to(self.weight)
+            layer.weight.copy_(merged.T)
+        else:
+            layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                              device=self.weight.device, dtype=self.weight.dtype)
+            layer.weight.copy_(merged)
         if self.bias is not None:
             layer.bias.copy_(self.bias)
         return layer
@@ -119,6 +134,9 @@ def init_pissa(layer: LoraLinear) -> None:
     The starting output equals the base model's. A0 and B0 are kept (not saved) so the
     adapter can be written as a plain LoRA delta against the original base weight.
     """
+    if layer.fan_in_fan_out:
+        raise MethodError("method.init: pissa does not support Conv1D (GPT-2) layers yet; "
+                          "use init: default or gaussian")
     w = layer.weight.float()
     u, s, vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
     sr = s[: layer.r] / layer.scaling

@@ -28,7 +28,7 @@ PREFIX = "base_model.model."
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
 # PEFT config keys we cannot honour yet, with the value that means "not used".
 _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
-                "exclude_modules": None, "fan_in_fan_out": False, "lora_bias": False,
+                "exclude_modules": None, "lora_bias": False,
                 "bias": "none", "use_dora": None}
 
 
@@ -68,7 +68,8 @@ def save_adapter(model: nn.Module, cfg: LoraConfig, head: list[str], base_model:
         "target_modules": tgt.compact(chosen, tgt.linear_names(model, head, (LoraLinear,))),
         "modules_to_save": head or None, "use_rslora": cfg.scaling == "rslora",
         "use_dora": isinstance(cfg, DoraConfig), "init_lora_weights": True, "bias": "none",
-        "fan_in_fan_out": False, "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
+        "fan_in_fan_out": any(layer.fan_in_fan_out for layer in lora_layers(model).values()),
+        "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
         "layers_to_transform": None, "layers_pattern": None, "revision": None,
     }
     atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))

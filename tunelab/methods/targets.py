@@ -13,9 +13,18 @@ from tunelab.methods.base import name_matches
 ALL_LINEAR = "all-linear"
 
 
+def linear_types() -> tuple[type[nn.Module], ...]:
+    """nn.Linear, and transformers' Conv1D (GPT-2's linear layers, weight stored as (in, out))."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover
+        return (nn.Linear,)
+    return (nn.Linear, Conv1D)
+
+
 def linear_names(model: nn.Module, exclude: list[str],
                  adapted: tuple[type[nn.Module], ...] = ()) -> list[str]:
-    """Every nn.Linear in the model, minus those inside the excluded modules (the head).
+    """Every linear layer in the model, minus those inside the excluded modules (the head).
 
     Layers of an `adapted` type (e.g. LoraLinear) count as the Linear they replaced; the
     Linear modules inside them (lora_A, lora_B) do not count.
@@ -30,7 +39,7 @@ def linear_names(model: nn.Module, exclude: list[str],
         if isinstance(module, adapted):
             inside = name
             out.append(name)
-        elif isinstance(module, nn.Linear):
+        elif isinstance(module, linear_types()):
             out.append(name)
     return out
 

@@ -27,6 +27,24 @@ def load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
+def _config(source: Path, dropout: float | None) -> Any:
+    """The model config, with every dropout rate it has set to `dropout` when given."""
+    import transformers
+    from transformers import AutoConfig
+
+    transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        config = AutoConfig.from_pretrained(str(source))
+    except Exception as exc:
+        raise ModelError(f"{source}: cannot read the model config ({exc})") from None
+    if dropout is not None:
+        for key in DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, dropout)
+    return config
+
+
 def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
                     weights_from: Path | None = None, pad_token_id: int | None = None) -> Any:
     """A sequence-classification model with len(labels) outputs.
@@ -34,23 +52,13 @@ def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
     `dropout` overrides every dropout rate the config has. `weights_from` loads a full
     fine-tuned checkpoint (a run's model/ directory) instead of the base weights.
     """
-    import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected
-    transformers.utils.logging.disable_progress_bar()
     source = weights_from or path
-    try:
-        config = AutoConfig.from_pretrained(str(source))
-    except Exception as exc:
-        raise ModelError(f"{source}: cannot read the model config ({exc})") from None
+    config = _config(source, dropout)
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
-    if dropout is not None:
-        for key in DROPOUT_KEYS:
-            if isinstance(getattr(config, key, None), float):
-                setattr(config, key, dropout)
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id  # decoders find the last real token by this id
     try:
@@ -63,20 +71,10 @@ def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
 def load_causal_lm(path: Path, dropout: float | None = None, weights_from: Path | None = None) -> Any:
     """A causal LM (Llama, Qwen, Mistral, GPT-2, ...) in float32; `weights_from` as above."""
     import torch
-    import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
     source = weights_from or path
-    try:
-        config = AutoConfig.from_pretrained(str(source))
-    except Exception as exc:
-        raise ModelError(f"{source}: cannot read the model config ({exc})") from None
-    if dropout is not None:
-        for key in DROPOUT_KEYS:
-            if isinstance(getattr(config, key, None), float):
-                setattr(config, key, dropout)
+    config = _config(source, dropout)
     try:
         return AutoModelForCausalLM.from_pretrained(str(source), config=config, dtype=torch.float32)
     except Exception as exc:

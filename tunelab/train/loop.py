@@ -111,7 +111,8 @@ class Trainer:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
         metrics_file = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
-        run_loss, run_n, run_tokens, run_t0 = 0.0, 0, 0, time.perf_counter()
+        # Throughput counts optimizer steps only: evaluation and checkpoints are timed apart.
+        run_loss, run_n, run_tokens, run_time = 0.0, 0, 0, 0.0
         stopped_early, step = self.state.stopped_early, start_step
         last_eval: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
@@ -121,22 +122,23 @@ class Trainer:
                 self.initial_eval = self._evaluate(0, metrics_file)
             with stop_on_signals() as stop:
                 while step < self.total_steps and not stopped_early:
+                    t0 = time.perf_counter()
                     loss, n, tokens = self._step(step, trainable)
+                    run_time += time.perf_counter() - t0
                     step += 1
                     run_loss, run_n, run_tokens = run_loss + loss, run_n + n, run_tokens + tokens
                     bar.update(1)
                     if step % cfg.log_every == 0 or step == self.total_steps:
-                        elapsed = time.perf_counter() - run_t0
-                        self.state.seconds += elapsed
+                        self.state.seconds += run_time
                         self.state.tokens += run_tokens
                         record = {"step": step, "train_loss": run_loss / max(run_n, 1),
                                   "lr": self.scheduler.get_last_lr()[0],
-                                  "tokens_per_s": run_tokens / max(elapsed, 1e-9),
+                                  "tokens_per_s": run_tokens / max(run_time, 1e-9),
                                   "epoch": step * cfg.grad_accum / self.batches_per_epoch}
                         self._write(metrics_file, record)
                         bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
                                         tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
-                        run_loss, run_n, run_tokens, run_t0 = 0.0, 0, 0, time.perf_counter()
+                        run_loss, run_n, run_tokens, run_time = 0.0, 0, 0, 0.0
                     if (cfg.eval_every and step % cfg.eval_every == 0) or step == self.total_steps:
                         last_eval = self._evaluate(step, metrics_file)
                         stopped_early = self.state.stopped_early = self._early_stop()

@@ -1,0 +1,188 @@
+"""Benchmark: tunelab vs TRL SFTTrainer + peft, LoRA SFT of SmolLM2-135M-Instruct on Alpaca.
+
+Same model, the same training and held-out examples (tunelab's seeded split), the same
+hyperparameters and seed; each configuration runs in its own process, one after another,
+so peak RSS is per run. Held-out loss is measured for both tools by the same code
+(tunelab's evaluator, supervised assistant tokens only), loading TRL's adapter through
+tunelab's PEFT loader. Writes a table into BENCHMARKS.md.
+
+    python bench/sft_vs_trl.py [--examples 100] [--eval 40] [--max-length 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = ["tunelab", "tunelab-packed", "trl", "trl-packed"]
+LR, RANK, ALPHA, BATCH, WARMUP, SEED = 5e-4, 16, 32, 4, 0.05, 0
+
+
+def run_config(args: argparse.Namespace, out_dir: Path, packing: bool):
+    from tunelab.config import load_config
+
+    return load_config(None, [
+        "task=causal_lm", "model.name=smollm2", f"model.max_length={args.max_length}",
+        "data.path=alpaca_en", f"data.max_examples={args.examples}", f"data.eval_size={args.eval}",
+        "data.samples=0", f"data.packing={str(packing).lower()}", "method.name=lora",
+        f"method.r={RANK}", f"method.alpha={ALPHA}", "method.targets=all-linear",
+        "train.epochs=1", f"train.batch_size={BATCH}", f"train.lr={LR}", "train.weight_decay=0",
+        f"train.warmup_ratio={WARMUP}", "train.checkpoint_every=100000", f"train.seed={SEED}",
+        "train.eval_batch_size=8", "train.load_best_at_end=false", f"output_dir={out_dir}"])
+
+
+def child_tunelab(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
+    from tunelab.train.run import train
+
+    summary = train(run_config(args, out_dir, packing), overwrite=True, log=lambda _: None)
+    return {"tokens": summary["tokens_per_s"] * summary["train_seconds"],
+            "seconds": summary["train_seconds"], "adapter": summary["artifact"],
+            "loss": summary["final_dev"]["loss"], "base_loss": summary["initial_dev"]["loss"]}
+
+
+def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    from tunelab.models import load_causal_lm, load_tokenizer, resolve
+    from tunelab.tasks.setup import split_records
+
+    cfg = run_config(args, out_dir, packing)
+    train_records, _ = split_records(cfg)
+    rows = [{"prompt": r.messages[:-1], "completion": r.messages[-1:]} for r in train_records]
+    base = resolve("smollm2")
+    torch.manual_seed(SEED)
+    model, tokenizer = load_causal_lm(base), load_tokenizer(base)
+    sft = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=BATCH,
+                    num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear",
+                    warmup_ratio=WARMUP, weight_decay=0.0, max_grad_norm=1.0, seed=SEED,
+                    logging_steps=10, save_strategy="no", report_to=[], max_length=args.max_length,
+                    packing=packing, completion_only_loss=True, use_cpu=True, bf16=False,
+                    dataloader_num_workers=0)
+    peft_cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
+                          task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer, peft_config=peft_cfg)
+    tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    trainer.model.save_pretrained(out_dir / "adapter")
+    return {"tokens": tokens, "seconds": seconds, "adapter": str(out_dir / "adapter")}
+
+
+def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
+    """tunelab's evaluator on the same held-out examples, for any PEFT adapter."""
+    import torch
+
+    from tunelab.methods.peft_format import load_adapter
+    from tunelab.models import load_causal_lm, load_tokenizer, resolve
+    from tunelab.tasks.causal_lm import CausalLMTask
+    from tunelab.tasks.setup import renderer_for, split_records
+
+    cfg = run_config(args, Path("/tmp/unused"), False)
+    _, held = split_records(cfg)
+    base = resolve("smollm2")
+    tokenizer = load_tokenizer(base)
+    renderer = renderer_for(cfg, tokenizer)
+    dev, _ = renderer.encode(held)
+    model = load_causal_lm(base)
+    load_adapter(model, adapter, [])
+    task = CausalLMTask(tokenizer, renderer, packing=False)
+    return task.evaluate(model, dev, 8, torch.device("cpu"))["loss"]
+
+
+def child(kind: str, args: argparse.Namespace) -> None:
+    out_dir = Path(args.work) / kind
+    packing = kind.endswith("packed")
+    result = (child_trl if kind.startswith("trl") else child_tunelab)(args, out_dir, packing)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if "loss" not in result:
+        result["loss"] = held_out_loss(args, result["adapter"])
+    Path(args.json).write_text(json.dumps(result))
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.python_version()}, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def write_table(args: argparse.Namespace, results: dict[str, dict]) -> str:
+    import trl
+
+    ref = results["trl-packed"]["tokens"] / results["trl-packed"]["seconds"]
+    lines = [f"## LoRA SFT: SmolLM2-135M-Instruct on Alpaca (tunelab vs TRL {trl.__version__} + peft)",
+             "", f"Measured {date.today()} on {machine()}.",
+             f"{args.examples} training and {args.eval} held-out Alpaca (en) examples, max length "
+             f"{args.max_length}, 1 epoch, batch {BATCH}, LoRA r{RANK}/alpha {ALPHA} on all linear "
+             f"layers, lr {LR}, linear schedule, warmup {WARMUP:.0%}, seed {SEED}, fp32 on CPU. "
+             "Held-out loss: mean cross-entropy on supervised (assistant) tokens, computed by the "
+             "same code for both tools. Base model's held-out loss: "
+             f"{results['tunelab']['base_loss']:.4f}.", "",
+             "| run | real tokens | train time (s) | real tokens/s | vs TRL packed | peak RSS (MB) | held-out loss |",
+             "|---|---|---|---|---|---|---|"]
+    for kind in RUNS:
+        r = results[kind]
+        tps = r["tokens"] / r["seconds"]
+        lines.append(f"| {kind} | {r['tokens']:.0f} | {r['seconds']:.0f} | {tps:.1f} | "
+                     f"{tps / ref:.2f}x | {r['peak_rss_mb']:.0f} | {r['loss']:.4f} |")
+    lines += ["", f"Command: `python bench/sft_vs_trl.py --examples {args.examples} --eval "
+              f"{args.eval} --max-length {args.max_length}` (or `make bench`)."]
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks(section: str, path: Path = REPO / "BENCHMARKS.md") -> None:
+    """Replace this benchmark's section in BENCHMARKS.md, keeping the others."""
+    head = section.splitlines()[0]
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
+    parts = text.split("\n## ")
+    kept = [p for p in parts[1:] if not ("## " + p).startswith(head)]
+    path.write_text("\n## ".join([parts[0].rstrip("\n") + "\n", *kept]).rstrip("\n") + "\n\n" + section)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--examples", type=int, default=100)
+    p.add_argument("--eval", type=int, default=40)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--work", default="/tmp/tunelab-bench-sft")
+    p.add_argument("--child", choices=RUNS)
+    p.add_argument("--json")
+    p.add_argument("--only", nargs="*", choices=RUNS, default=RUNS)
+    args = p.parse_args()
+    if args.child:
+        return child(args.child, args)
+    results = {}
+    for kind in args.only:
+        out = Path(args.work) / f"{kind}.json"
+        cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--work", args.work,
+               "--examples", str(args.examples), "--eval", str(args.eval),
+               "--max-length", str(args.max_length)]
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        print(f"running {kind} ...", flush=True)
+        subprocess.run(cmd, check=True)
+        results[kind] = json.loads(out.read_text())
+        print(f"  {kind}: {results[kind]}", flush=True)
+    if set(results) == set(RUNS):
+        section = write_table(args, results)
+        update_benchmarks(section)
+        print(section)
+
+
+if __name__ == "__main__":
+    main()
