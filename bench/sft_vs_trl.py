@@ -66,7 +66,7 @@ def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
     model, tokenizer = load_causal_lm(base), load_tokenizer(base)
     sft = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=BATCH,
                     num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear",
-                    warmup_ratio=WARMUP, weight_decay=0.0, max_grad_norm=1.0, seed=SEED,
+                    warmup_steps=WARMUP, weight_decay=0.0, max_grad_norm=1.0, seed=SEED,
                     logging_steps=10, save_strategy="no", report_to=[], max_length=args.max_length,
                     packing=packing, completion_only_loss=True, use_cpu=True, bf16=False,
                     dataloader_num_workers=0)
@@ -79,7 +79,8 @@ def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
     trainer.train()
     seconds = time.perf_counter() - t0
     trainer.model.save_pretrained(out_dir / "adapter")
-    return {"tokens": tokens, "seconds": seconds, "adapter": str(out_dir / "adapter")}
+    return {"tokens": tokens, "seconds": seconds, "adapter": str(out_dir / "adapter"),
+            "peak_rss_mb": peak_rss_mb()}  # before the held-out evaluation loads another copy
 
 
 def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
@@ -103,11 +104,15 @@ def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
     return task.evaluate(model, dev, 8, torch.device("cpu"))["loss"]
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def child(kind: str, args: argparse.Namespace) -> None:
     out_dir = Path(args.work) / kind
     packing = kind.endswith("packed")
     result = (child_trl if kind.startswith("trl") else child_tunelab)(args, out_dir, packing)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result.setdefault("peak_rss_mb", peak_rss_mb())
     if "loss" not in result:
         result["loss"] = held_out_loss(args, result["adapter"])
     Path(args.json).write_text(json.dumps(result))

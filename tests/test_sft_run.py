@@ -145,3 +145,28 @@ def test_lora_on_gpt2_conv1d_merges_and_loads_in_peft(tmp_path):
         merge(model)
         merged = model(x).logits
     assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)
+
+
+def test_eval_and_merge_of_a_causal_lm_run(sft_setup, tmp_path, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.runs import load_trained
+
+    model, data = sft_setup
+    tree = config(model, data, tmp_path / "run")
+    tree["method"] = {"name": "lora", "r": 4, "targets": "all-linear"}
+    tree["train"]["max_steps"] = 8
+    summary = train(validate(tree), log=lambda _: None)
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    loss = float(out.splitlines()[1].split()[1])
+    assert loss == pytest.approx(summary["final_dev"]["loss"], abs=1e-3)
+    assert main(["merge", str(tmp_path / "run"), str(tmp_path / "merged")]) == 0
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ours, _, _ = load_trained(tmp_path / "run")
+    x = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(plain(x).logits, ours(x).logits, atol=1e-5)
+    assert main(["predict", str(tmp_path / "run"), "hi"]) == 2
+    assert "use `tunelab generate`" in capsys.readouterr().err

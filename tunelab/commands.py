@@ -37,6 +37,8 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
 
     model, tokenizer, info = load_trained(run_dir)
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    if info["task"] == "causal_lm":
+        return _evaluate_lm(model, tokenizer, cfg, data)
     if data:
         examples, name = read_like_training(cfg.data, data), data
     else:
@@ -62,6 +64,26 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
     return scores
 
 
+def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
+    """Held-out loss and perplexity on supervised tokens (the run's held-out split by default)."""
+    import torch
+
+    from tunelab.data.sft import load_records
+    from tunelab.tasks.causal_lm import CausalLMTask
+    from tunelab.tasks.setup import renderer_for, split_records
+
+    d = cfg.data
+    records = load_records(data, d.format, d.columns, d.roles) if data else split_records(cfg)[1]
+    renderer = renderer_for(cfg, tokenizer)
+    encoded, stats = renderer.encode(records)
+    scores = CausalLMTask(tokenizer, renderer, packing=False).evaluate(
+        model, encoded, cfg.train.eval_batch_size, torch.device("cpu"))
+    print(f"{data or 'held-out'}: {stats.kept} examples, {scores['tokens']} supervised tokens")
+    print(f"loss: {scores['loss']:.4f}")
+    print(f"perplexity: {scores['perplexity']:.4f}")
+    return scores
+
+
 def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[str, float]]:
     import torch
 
@@ -72,6 +94,8 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[st
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
     model, tokenizer, info = load_trained(run_dir)
+    if info["task"] != "classification":
+        raise DataError(f"predict: {run_dir} is a {info['task']} run; use `tunelab generate`")
     pairs = None
     if info.get("text_pair"):  # the run was trained on (text, text_pair): give "first<TAB>second"
         bad = [t for t in texts if "\t" not in t]
