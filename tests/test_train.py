@@ -203,3 +203,18 @@ def test_resume_before_the_first_checkpoint_starts_over_cleanly(tiny_model_dir, 
     train(validate(tree), resume=True, log=quiet)
     records = [json.loads(x) for x in (tmp_path / "early" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 13))
+
+
+@pytest.mark.parametrize("option", ["gradient_checkpointing", "compile"])
+def test_memory_and_speed_options_train_the_same_weights(tiny_model_dir, tiny_data, tmp_path, option):
+    results, logs = {}, []
+    for name, on in (("plain", False), (option, True)):
+        tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / name, max_steps=4,
+                           eval_every=None, **{option: on})
+        tree["model"]["dropout"] = 0.0
+        train(validate(tree), log=logs.append)
+        results[name] = adapter_tensors(tmp_path / name)
+    shown = {"gradient_checkpointing": "gradient checkpointing", "compile": "torch.compile"}[option]
+    assert [line for line in logs if line.startswith("training ") and shown in line]
+    for k, v in results["plain"].items():
+        assert torch.allclose(v, results[option][k], atol=1e-5), k

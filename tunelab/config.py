@@ -74,7 +74,10 @@ class TrainConfig(StrictModel):
     max_grad_norm: float | None = Field(1.0, gt=0.0)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that has it
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    compile: bool = False  # torch.compile the model's loss (dynamic shapes); pays off on long runs
     eval_every: int | None = Field(None, ge=1)  # steps; the run always evaluates at the end
+    eval_at_start: bool = True  # score the untrained model first (step 0), the baseline
     eval_batch_size: int = Field(64, ge=1)
     metric: Literal["accuracy", "macro_f1", "loss"] | None = None  # None: the task's default
     early_stopping: EarlyStopping | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from tqdm.auto import tqdm
 
 from tunelab.config import TrainConfig
 from tunelab.data.batching import Encoded, plan_batches
+from tunelab.errors import ConfigError
 from tunelab.eval.metrics import HIGHER_IS_BETTER
 from tunelab.train import checkpoint as ckpt
+from tunelab.train.distributed import Dist, wrap
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.signals import Interrupted, stop_on_signals
 
@@ -51,8 +54,17 @@ class Trainer:
     """Runs `task` on `model` with the settings in `cfg`, writing into `run_dir`."""
 
     def __init__(self, model: nn.Module, task: Any, train: Encoded, dev: Encoded, cfg: TrainConfig,
-                 run_dir: Path, device: torch.device, log: Callable[[str], None] = print):
+                 run_dir: Path, device: torch.device, log: Callable[[str], None] = print,
+                 dist: Dist = Dist()):
         self.model, self.task, self.train, self.dev = model, task, train, dev
+        self.dist = dist
+        if cfg.gradient_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ConfigError("train.gradient_checkpointing: this model does not support it")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.forward = wrap(model, task, dist)  # DDP under torchrun, the loss module otherwise
+        if cfg.compile:
+            self.forward = torch.compile(self.forward, dynamic=True)
         self.cfg, self.run_dir, self.device, self.log = cfg, run_dir, device, log
         self.lengths = train.lengths()
         self.batches_per_epoch = len(self._plan(0))
@@ -91,34 +103,42 @@ class Trainer:
         """Load the newest checkpoint; returns the step to continue from (0 if none)."""
         found = ckpt.list_checkpoints(self.ckpt_dir)
         if not found:  # interrupted before the first checkpoint: start over, log included
-            _truncate_metrics(self.run_dir / METRICS_FILE, -1)
+            _truncate_metrics(self.run_dir / METRICS_FILE, -1, write=self.dist.main)
             return 0
         state = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
         self.state = LoopState(**state["loop"])
-        self.history = _truncate_metrics(self.run_dir / METRICS_FILE, state["step"])
+        self.history = _truncate_metrics(self.run_dir / METRICS_FILE, state["step"],
+                                         write=self.dist.main)
+        self.dist.barrier()
         self.initial_eval = next((r for r in self.history
                                   if r.get("split") == "dev" and r["step"] == 0), None)
         self.log(f"resumed from {found[-1]} (step {state['step']}/{self.total_steps})")
         return int(state["step"])
 
     def _checkpoint(self, step: int) -> Path:
-        return ckpt.save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer, self.scheduler,
-                                    {"loop": vars(self.state)}, self.cfg.keep_checkpoints)
+        """Rank 0 writes (DDP keeps every rank's weights identical); the others wait for it."""
+        path = self.ckpt_dir / f"step-{step:07d}"
+        if self.dist.main:
+            ckpt.save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer, self.scheduler,
+                                 {"loop": vars(self.state)}, self.cfg.keep_checkpoints)
+        self.dist.barrier()
+        return path
 
     # ------------------------------------------------------------------ the loop
     def fit(self, start_step: int = 0) -> FitResult:
         cfg, model = self.cfg, self.model
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        metrics_file = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
+        metrics_file = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8") if self.dist.main \
+            else open(os.devnull, "w")
         # Throughput counts optimizer steps only: evaluation and checkpoints are timed apart.
         run_loss, run_n, run_tokens, run_time = 0.0, 0, 0, 0.0
         stopped_early, step = self.state.stopped_early, start_step
         last_eval: dict[str, Any] = {}
         bar = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=not self.dist.main)
         try:
-            if start_step == 0 and not self.history:  # the starting point every later number is compared with
+            if start_step == 0 and not self.history and cfg.eval_at_start:  # the starting point every later number is compared with
                 self.initial_eval = self._evaluate(0, metrics_file)
             with stop_on_signals() as stop:
                 while step < self.total_steps and not stopped_early:
@@ -149,9 +169,9 @@ class Trainer:
                         self.log(f"early stopping at step {step}: {self.metric} has not improved "
                                  f"for {self.state.bad_evals} evaluations")
                         break
-                    if stop:
+                    if self.dist.any(bool(stop)):
                         path = self._checkpoint(step)
-                        raise Interrupted(f"{stop.signal} at step {step}/{self.total_steps}: "
+                        raise Interrupted(f"{stop.signal or 'signal'} at step {step}/{self.total_steps}: "
                                           f"checkpoint saved to {path}; continue with --resume")
         finally:
             bar.close()
@@ -168,16 +188,24 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; the loss is the mean per example
         over the whole step, however the examples are split."""
         parts = self.micro_batches(step)
-        n = max(1, sum(self.task.units(self.train, p) for p in parts))
+        n = max(1, sum(self.task.units(self.train, p) for p in parts))  # over all ranks
+        # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
+        scale = self.dist.world / n
         total, tokens = 0.0, 0
         for index in parts:
-            batch = {k: v.to(self.device, non_blocking=True)
-                     for k, v in self.task.collate(self.train, index).items()}
             tokens += sum(self.lengths[i] for i in index)
+            local = self.dist.shard(index)
+            weight = scale if local else 0.0  # a rank with no example still joins the all-reduce
+            batch = {k: v.to(self.device, non_blocking=True)
+                     for k, v in self.task.collate(self.train, local or index[:1]).items()}
             with self.autocast or nullcontext():
-                loss = self.task.loss_sum(self.model, batch)
-            (loss / n).backward()
-            total += loss.item()
+                loss = self.forward(batch)
+            (loss * weight).backward()
+            total += loss.item() if local else 0.0
+        if self.dist.active:  # the logged loss covers every rank's examples
+            t = torch.tensor([total])
+            torch.distributed.all_reduce(t)
+            total = t.item()
         if self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
         self.optimizer.step()
@@ -192,14 +220,15 @@ class Trainer:
         if metrics_file is None:
             return record
         self._write(metrics_file, record)
-        if hasattr(self.task, "write_samples"):
+        if hasattr(self.task, "write_samples") and self.dist.main:
             self.task.write_samples(self.model, self.dev, step, self.run_dir, self.device)
         value, better = scores[self.metric], HIGHER_IS_BETTER[self.metric]
         delta = self.cfg.early_stopping.min_delta if self.cfg.early_stopping else 0.0
         best = self.state.best_value
         if best is None or (value > best + delta if better else value < best - delta):
             self.state.best_value, self.state.best_step, self.state.bad_evals = value, step, 0
-            ckpt.save_weights(self.model, self.run_dir / "best")
+            if self.dist.main:
+                ckpt.save_weights(self.model, self.run_dir / "best")
         else:
             self.state.bad_evals += 1
         return record
@@ -214,6 +243,7 @@ class Trainer:
         f.flush()
 
     def restore_best(self) -> bool:
+        self.dist.barrier()  # rank 0 wrote it
         best = self.run_dir / "best" / ckpt.WEIGHTS
         if not best.is_file():
             return False
@@ -221,10 +251,11 @@ class Trainer:
         return True
 
 
-def _truncate_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+def _truncate_metrics(path: Path, step: int, write: bool = True) -> list[dict[str, Any]]:
     """Drop records an interrupted run logged after its last checkpoint; return the rest."""
     if not path.is_file():
         return []
     kept = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    if write:
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     return kept

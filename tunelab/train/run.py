@@ -19,6 +19,8 @@ from tunelab.methods.peft_format import save_adapter
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.tasks.setup import setup
 from tunelab.train import checkpoint as ckpt
+from tunelab.train import distributed
+from tunelab.train.distributed import Dist
 from tunelab.train.loop import METRICS_FILE, Trainer
 
 # Keys that may differ between an interrupted run and its resumption (they do not change
@@ -31,14 +33,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(choice: str) -> torch.device:
+def pick_device(choice: str, dist: Dist = Dist()) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
-    return torch.device("cuda" if choice in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if choice in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
 
 
-def prepare_output(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
-    """Refuse to mix runs: an old run is continued (--resume) or replaced (--overwrite)."""
+def prepare_output(cfg: RunConfig, resume: bool, overwrite: bool, dist: Dist = Dist()) -> Path:
+    """Refuse to mix runs: an old run is continued (--resume) or replaced (--overwrite).
+    Every rank checks; then rank 0 alone changes the directory."""
     run_dir = Path(cfg.output_dir)
     saved = run_dir / "config.yaml"
     if resume:
@@ -50,12 +55,15 @@ def prepare_output(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
             raise CheckpointError(f"--resume: the config differs from the run in {run_dir}: "
                                   + "; ".join(diffs[:5]) + "; resume with the same config or "
                                   "train into a new output_dir")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"output_dir {run_dir} already holds a run; pass --resume to "
-                                  "continue it, --overwrite to replace it, or set output_dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"output_dir {run_dir} already holds a run; pass --resume to "
+                              "continue it, --overwrite to replace it, or set output_dir")
+    dist.barrier()  # every rank has checked before rank 0 changes anything
+    if dist.main:
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
     return run_dir
 
 
@@ -71,32 +79,44 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     t_start = time.perf_counter()
-    device = pick_device(cfg.train.device)
+    dist = distributed.init()
+    if not dist.main:
+        log = _quiet  # rank 0 reports for all
+    device = pick_device(cfg.train.device, dist)
     seed_everything(cfg.train.seed)
     s = setup(cfg, log)  # data first: errors before weights load
     report = methods.apply(s.model, cfg.method)
     for line in report.lines():
         log(line)
-    run_dir = prepare_output(cfg, resume, overwrite)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    run_dir = prepare_output(cfg, resume, overwrite, dist)
+    if dist.main:
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     s.model.to(device)
     method_cls = methods.METHODS[cfg.method.name]
     artifact = ADAPTER_DIR if method_cls.saves_adapter else MODEL_DIR
-    write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
-                                      "model_name": cfg.model.name, "method": cfg.method.name,
-                                      "artifact": artifact, "max_length": cfg.model.max_length,
-                                      **s.info})
+    if dist.main:
+        write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
+                                          "model_name": cfg.model.name,
+                                          "method": cfg.method.name, "artifact": artifact,
+                                          "max_length": cfg.model.max_length, "world_size": dist.world,
+                                          **s.info})
 
-    trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log)
+    trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist)
     start = trainer.resume() if resume else 0
     log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
         f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
-        f"{trainer.precision}")
+        f"{trainer.precision}" + (f", {dist.world} processes (DDP)" if dist.active else "")
+        + "".join(f", {name}" for name, on in (
+            ("gradient checkpointing", getattr(s.model, "is_gradient_checkpointing", False)),
+            ("torch.compile", hasattr(trainer.forward, "_orig_mod"))) if on))
     result = trainer.fit(start)
 
     restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
     final = (s.task.evaluate(s.model, s.dev, cfg.train.eval_batch_size, device, trainer.autocast)
              if restored else result.last_eval)
+    if not dist.main:
+        dist.barrier()  # wait for rank 0 to write the artifacts, then leave
+        return {"rank": dist.rank, "final_dev": final}
     s.model.cpu()
     if method_cls.saves_adapter:
         out = save_adapter(s.model, cfg.method, report.head, str(s.model_path),
@@ -121,7 +141,12 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     write_json(run_dir / "summary.json", summary)
     for line in summary_lines(summary):
         log(line)
+    dist.barrier()
     return summary
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _scores(record: dict[str, Any] | None) -> dict[str, Any] | None:
