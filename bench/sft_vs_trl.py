@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, matmul_peak_gflops, peak_rss_mb, update_benchmarks  # noqa: E402
+
+# Matmul FLOPs per token with the base frozen (forward + input gradients, no weight
+# gradients): 4N, N = SmolLM2-135M's 134.5M weights including the (tied) output layer.
+FLOPS_PER_TOKEN = 4 * 134.5e6
 RUNS = ["tunelab", "tunelab-packed", "trl", "trl-packed"]
 LR, RANK, ALPHA, BATCH, WARMUP, SEED = 5e-4, 16, 32, 4, 0.05, 0
 
@@ -104,10 +106,6 @@ def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
     return task.evaluate(model, dev, 8, torch.device("cpu"))["loss"]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def child(kind: str, args: argparse.Namespace) -> None:
     out_dir = Path(args.work) / kind
     packing = kind.endswith("packed")
@@ -118,46 +116,30 @@ def child(kind: str, args: argparse.Namespace) -> None:
     Path(args.json).write_text(json.dumps(result))
 
 
-def machine() -> str:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{os.cpu_count()} CPU cores ({cpu}), {platform.python_version()}, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads")
-
-
-def write_table(args: argparse.Namespace, results: dict[str, dict]) -> str:
+def write_table(args: argparse.Namespace, results: dict[str, dict], peak: float) -> str:
     import trl
 
     ref = results["trl-packed"]["tokens"] / results["trl-packed"]["seconds"]
     lines = [f"## LoRA SFT: SmolLM2-135M-Instruct on Alpaca (tunelab vs TRL {trl.__version__} + peft)",
-             "", f"Measured {date.today()} on {machine()}.",
+             "", f"Measured {date.today()} on {machine()}; fp32 matmul peak measured in the same "
+             f"run: {peak:.1f} GFLOP/s (MFU: 4N model FLOPs per real token, N = 134.5M).",
              f"{args.examples} training and {args.eval} held-out Alpaca (en) examples, max length "
              f"{args.max_length}, 1 epoch, batch {BATCH}, LoRA r{RANK}/alpha {ALPHA} on all linear "
              f"layers, lr {LR}, linear schedule, warmup {WARMUP:.0%}, seed {SEED}, fp32 on CPU. "
              "Held-out loss: mean cross-entropy on supervised (assistant) tokens, computed by the "
              "same code for both tools. Base model's held-out loss: "
              f"{results['tunelab']['base_loss']:.4f}.", "",
-             "| run | real tokens | train time (s) | real tokens/s | vs TRL packed | peak RSS (MB) | held-out loss |",
-             "|---|---|---|---|---|---|---|"]
+             "| run | real tokens | train time (s) | real tokens/s | vs TRL packed | MFU | peak RSS (MB) | held-out loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind in RUNS:
         r = results[kind]
         tps = r["tokens"] / r["seconds"]
         lines.append(f"| {kind} | {r['tokens']:.0f} | {r['seconds']:.0f} | {tps:.1f} | "
-                     f"{tps / ref:.2f}x | {r['peak_rss_mb']:.0f} | {r['loss']:.4f} |")
+                     f"{tps / ref:.2f}x | {tps * FLOPS_PER_TOKEN / (peak * 1e9):.0%} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['loss']:.4f} |")
     lines += ["", f"Command: `python bench/sft_vs_trl.py --examples {args.examples} --eval "
               f"{args.eval} --max-length {args.max_length}` (or `make bench`)."]
     return "\n".join(lines) + "\n"
-
-
-def update_benchmarks(section: str, path: Path = REPO / "BENCHMARKS.md") -> None:
-    """Replace this benchmark's section in BENCHMARKS.md, keeping the others."""
-    head = section.splitlines()[0]
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-    parts = text.split("\n## ")
-    kept = [p for p in parts[1:] if not ("## " + p).startswith(head)]
-    path.write_text("\n## ".join([parts[0].rstrip("\n") + "\n", *kept]).rstrip("\n") + "\n\n" + section)
 
 
 def main() -> None:
@@ -172,6 +154,7 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return child(args.child, args)
+    peak = matmul_peak_gflops()
     results = {}
     for kind in args.only:
         out = Path(args.work) / f"{kind}.json"
@@ -184,7 +167,7 @@ def main() -> None:
         results[kind] = json.loads(out.read_text())
         print(f"  {kind}: {results[kind]}", flush=True)
     if set(results) == set(RUNS):
-        section = write_table(args, results)
+        section = write_table(args, results, peak)
         update_benchmarks(section)
         print(section)
 
