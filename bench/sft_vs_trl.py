@@ -25,11 +25,13 @@ from common import machine, matmul_peak_gflops, peak_rss_mb, update_benchmarks  
 # Matmul FLOPs per token with the base frozen (forward + input gradients, no weight
 # gradients): 4N, N = SmolLM2-135M's 134.5M weights including the (tied) output layer.
 FLOPS_PER_TOKEN = 4 * 134.5e6
-RUNS = ["tunelab", "tunelab-packed", "trl", "trl-packed"]
+# TRL's SFTConfig turns gradient checkpointing on by default (less memory, more compute);
+# tunelab leaves it off unless asked, so it runs both ways here.
+RUNS = ["tunelab", "tunelab-gc", "tunelab-packed", "trl", "trl-packed"]
 LR, RANK, ALPHA, BATCH, WARMUP, SEED = 5e-4, 16, 32, 4, 0.05, 0
 
 
-def run_config(args: argparse.Namespace, out_dir: Path, packing: bool):
+def run_config(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool = False):
     from tunelab.config import load_config
 
     return load_config(None, [
@@ -39,19 +41,21 @@ def run_config(args: argparse.Namespace, out_dir: Path, packing: bool):
         f"method.r={RANK}", f"method.alpha={ALPHA}", "method.targets=all-linear",
         "train.epochs=1", f"train.batch_size={BATCH}", f"train.lr={LR}", "train.weight_decay=0",
         f"train.warmup_ratio={WARMUP}", "train.checkpoint_every=100000", f"train.seed={SEED}",
-        "train.eval_batch_size=8", "train.load_best_at_end=false", f"output_dir={out_dir}"])
+        "train.eval_batch_size=8", "train.load_best_at_end=false",
+        f"train.gradient_checkpointing={str(checkpointing).lower()}", f"output_dir={out_dir}"])
 
 
-def child_tunelab(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
+def child_tunelab(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool) -> dict:
     from tunelab.train.run import train
 
-    summary = train(run_config(args, out_dir, packing), overwrite=True, log=lambda _: None)
+    summary = train(run_config(args, out_dir, packing, checkpointing), overwrite=True,
+                    log=lambda _: None)
     return {"tokens": summary["tokens_per_s"] * summary["train_seconds"],
             "seconds": summary["train_seconds"], "adapter": summary["artifact"],
             "loss": summary["final_dev"]["loss"], "base_loss": summary["initial_dev"]["loss"]}
 
 
-def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
+def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -71,6 +75,7 @@ def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool) -> dict:
                     warmup_steps=WARMUP, weight_decay=0.0, max_grad_norm=1.0, seed=SEED,
                     logging_steps=10, save_strategy="no", report_to=[], max_length=args.max_length,
                     packing=packing, completion_only_loss=True, use_cpu=True, bf16=False,
+                    gradient_checkpointing=checkpointing,
                     dataloader_num_workers=0)
     peft_cfg = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                           task_type="CAUSAL_LM")
@@ -109,7 +114,10 @@ def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
 def child(kind: str, args: argparse.Namespace) -> None:
     out_dir = Path(args.work) / kind
     packing = kind.endswith("packed")
-    result = (child_trl if kind.startswith("trl") else child_tunelab)(args, out_dir, packing)
+    checkpointing = kind.startswith("trl") or kind.endswith("gc")  # TRL: its default
+    result = (child_trl if kind.startswith("trl") else child_tunelab)(args, out_dir, packing,
+                                                                      checkpointing)
+    result["checkpointing"] = checkpointing
     result.setdefault("peak_rss_mb", peak_rss_mb())
     if "loss" not in result:
         result["loss"] = held_out_loss(args, result["adapter"])
@@ -127,14 +135,15 @@ def write_table(args: argparse.Namespace, results: dict[str, dict], peak: float)
              f"{args.max_length}, 1 epoch, batch {BATCH}, LoRA r{RANK}/alpha {ALPHA} on all linear "
              f"layers, lr {LR}, linear schedule, warmup {WARMUP:.0%}, seed {SEED}, fp32 on CPU. "
              "Held-out loss: mean cross-entropy on supervised (assistant) tokens, computed by the "
-             "same code for both tools. Base model's held-out loss: "
+             "same code for both tools; TRL runs with its default settings, gradient "
+             "checkpointing included. Base model's held-out loss: "
              f"{results['tunelab']['base_loss']:.4f}.", "",
-             "| run | real tokens | train time (s) | real tokens/s | vs TRL packed | MFU | peak RSS (MB) | held-out loss |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| run | gradient checkpointing | real tokens | train time (s) | real tokens/s | vs TRL packed | MFU | peak RSS (MB) | held-out loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for kind in RUNS:
         r = results[kind]
         tps = r["tokens"] / r["seconds"]
-        lines.append(f"| {kind} | {r['tokens']:.0f} | {r['seconds']:.0f} | {tps:.1f} | "
+        lines.append(f"| {kind} | {'on' if r['checkpointing'] else 'off'} | {r['tokens']:.0f} | {r['seconds']:.0f} | {tps:.1f} | "
                      f"{tps / ref:.2f}x | {tps * FLOPS_PER_TOKEN / (peak * 1e9):.0%} | "
                      f"{r['peak_rss_mb']:.0f} | {r['loss']:.4f} |")
     lines += ["", f"Command: `python bench/sft_vs_trl.py --examples {args.examples} --eval "

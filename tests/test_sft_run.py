@@ -170,3 +170,25 @@ def test_eval_and_merge_of_a_causal_lm_run(sft_setup, tmp_path, capsys):
         assert torch.allclose(plain(x).logits, ours(x).logits, atol=1e-5)
     assert main(["predict", str(tmp_path / "run"), "hi"]) == 2
     assert "use `tunelab generate`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", [{"name": "full"}, {"name": "freeze", "train_last_layers": 1},
+                                    {"name": "lora", "targets": "all-linear"},
+                                    {"name": "dora", "targets": "all-linear"}])
+def test_every_method_trains_a_causal_lm(sft_setup, tmp_path, method):
+    model, data = sft_setup
+    tree = config(model, data, tmp_path / "run")
+    tree["method"] = method
+    tree["train"].update(max_steps=40, lr=1e-2)
+    summary = train(validate(tree), log=lambda _: None)
+    assert summary["final_dev"]["loss"] < 0.95 * summary["initial_dev"]["loss"]
+
+
+def test_bitfit_on_a_model_without_biases_says_so(sft_setup, tmp_path):
+    from tunelab.errors import MethodError
+
+    model, data = sft_setup
+    tree = config(model, data, tmp_path / "run")
+    tree["method"] = {"name": "bitfit"}
+    with pytest.raises(MethodError, match="this model has no bias parameters to train"):
+        train(validate(tree), log=lambda _: None)
