@@ -116,7 +116,7 @@ def child(kind: str, args) -> None:
 
 
 def table(args, results: dict, peak: float) -> str:
-    lines = [f"## MiniLM on SST-2: tunelab vs peft + transformers.Trainer", "",
+    lines = ["## MiniLM on SST-2: tunelab vs peft + transformers.Trainer", "",
              f"Measured {date.today()} on {machine()}; fp32 matmul peak measured in the same "
              f"run: {peak:.1f} GFLOP/s. {args.examples} seeded SST-2 training examples, max length "
              f"{MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, warmup {WARMUP:.0%}, seed {SEED}; "

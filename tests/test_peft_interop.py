@@ -54,8 +54,13 @@ def test_tunelab_adapter_loads_in_peft(case, tmp_path: Path):
     model, cfg, report = ours(name, opts)
     perturb(model)
     save_adapter(model, cfg, report.head, "tiny", tmp_path)
+    written = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert written["target_modules"] == (["dense", "key", "query", "value"]
+                                         if opts.get("targets") == "all-linear" else ["query", "value"])
+    assert written["modules_to_save"] == ["classifier"]
     loaded = PeftModel.from_pretrained(tiny_classifier(), tmp_path).eval()
     assert torch.allclose(logits(loaded), logits(model.eval()), atol=1e-5, rtol=0)
+
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_peft_adapter_loads_in_tunelab(case, tmp_path: Path):

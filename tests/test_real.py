@@ -30,7 +30,7 @@ def test_lora_on_minilm_lifts_sst2_dev_accuracy_and_loads_in_peft(tmp_path, monk
 
     # The adapter directory loads in peft on the same base and gives the same logits.
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     ours, tok, info = load_trained(tmp_path / "run")
     base = AutoModelForSequenceClassification.from_pretrained(info["base_model"], num_labels=2)

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.data.sft import Completion, Conversation, PlainText, Record
+from tunelab.data.sft import Completion, Conversation, Record
 from tunelab.errors import DataError
 
 IGNORE = -100
