@@ -20,7 +20,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, matmul_peak_gflops, peak_rss_mb, update_benchmarks  # noqa: E402
+from common import device_name, machine, matmul_peak_gflops, peak_rss_mb, update_benchmarks  # noqa: E402
 
 WORKLOADS = {"lora": {"lr": 5e-4, "targets": ["query", "value"]}, "full": {"lr": 5e-5}}
 RUNS = [f"{tool}-{w}" for w in WORKLOADS for tool in ("tunelab", "reference")]
@@ -39,6 +39,7 @@ def tunelab_config(args, workload: str, out: Path):
         f"data.max_train_examples={args.examples}", *method, "train.epochs=1",
         f"train.batch_size={BATCH}", f"train.lr={w['lr']}", f"train.warmup_ratio={WARMUP}",
         "train.eval_at_start=false", "train.checkpoint_every=100000", f"train.seed={SEED}",
+        "train.precision=fp32",  # the reference trains in fp32 too
         f"output_dir={out}"])
 
 
@@ -80,7 +81,8 @@ def child_reference(args, workload: str, out: Path) -> dict:
                               num_train_epochs=1, learning_rate=WORKLOADS[workload]["lr"],
                               lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.01,
                               max_grad_norm=1.0, seed=SEED, logging_steps=50, save_strategy="no",
-                              report_to=[], use_cpu=True, dataloader_num_workers=0)
+                              report_to=[], use_cpu=not torch.cuda.is_available(),
+                              dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds,
                       data_collator=DataCollatorWithPadding(tok))
     t0 = time.perf_counter()
@@ -89,10 +91,11 @@ def child_reference(args, workload: str, out: Path) -> dict:
     model.eval()
     dev = tok([e.text for e in splits.dev], truncation=True, max_length=128, padding=True,
               return_tensors="pt")
+    dev = dev.to(model.device)
     with torch.no_grad():
         preds = torch.cat([model(input_ids=dev["input_ids"][i:i + 64],
                                  attention_mask=dev["attention_mask"][i:i + 64]).logits.argmax(-1)
-                           for i in range(0, len(splits.dev), 64)])
+                           for i in range(0, len(splits.dev), 64)]).cpu()
     gold = torch.tensor([int(e.label) for e in splits.dev])
     return {"tokens": sum(map(len, enc["input_ids"])), "seconds": seconds,
             "examples": args.examples, "accuracy": (preds == gold).float().mean().item(),
@@ -116,8 +119,8 @@ def child(kind: str, args) -> None:
 
 
 def table(args, results: dict, peak: float) -> str:
-    lines = ["## MiniLM on SST-2: tunelab vs peft + transformers.Trainer", "",
-             f"Measured {date.today()} on {machine()}; fp32 matmul peak measured in the same "
+    lines = [f"## MiniLM on SST-2: tunelab vs peft + transformers.Trainer ({device_name()})", "",
+             f"Measured {date.today()} on {machine()}; fp32 for both tools; matmul peak measured in the same "
              f"run: {peak:.1f} GFLOP/s. {args.examples} seeded SST-2 training examples, max length "
              f"{MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, warmup {WARMUP:.0%}, seed {SEED}; "
              "(a) LoRA r8/alpha 16 on query and value, lr 5e-4; (b) full fine-tuning, lr 5e-5. "

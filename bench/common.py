@@ -15,9 +15,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def device_name() -> str:
+    """'CPU', or the GPU's name: benchmark sections are kept apart per device."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
 def machine() -> str:
     import torch
 
+    if torch.cuda.is_available():
+        return (f"1 {device_name()} GPU, {os.cpu_count()} CPU cores, Python "
+                f"{platform.python_version()}, torch {torch.__version__}")
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return (f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}, torch "
@@ -25,16 +35,22 @@ def machine() -> str:
 
 
 def matmul_peak_gflops(n: int = 1024, seconds: float = 3.0) -> float:
-    """fp32 matmul throughput measured now, on this machine: the ceiling for MFU."""
+    """fp32 matmul throughput measured now, on this machine (its GPU if any): the MFU ceiling."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    cuda = torch.cuda.is_available()
+    n = 8192 if cuda else n
+    device = "cuda" if cuda else "cpu"
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(3):
         a @ b
+    sync()
     done, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         done += 1
+        sync()
     return 2 * n ** 3 * done / (time.perf_counter() - t0) / 1e9
 
 
