@@ -238,7 +238,7 @@ def dump_config(cfg: RunConfig) -> str:
 
 def _describe(err: dict[str, Any]) -> str:
     raw_loc = tuple(err["loc"])
-    loc = _clean_loc(raw_loc)
+    loc = _walk(raw_loc)[0]
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -288,10 +288,6 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[StrictModel]
         field = options[0].model_fields.get(str(part)) if len(options) == 1 else None
         cls = field.annotation if field is not None else None
     return tuple(out), parent
-
-
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    return _walk(loc)[0]
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:

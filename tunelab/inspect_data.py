@@ -40,7 +40,7 @@ def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
           f"tokens; trained tokens are shown {how}\n")
     for k in range(min(n, len(data))):
         print(f"--- example {k + 1} ({data.records[k].where}, {len(data.input_ids[k])} tokens, "
-              f"{sum(1 for x in data.labels[k][1:] if x != IGNORE)} trained)")
+              f"{data.trained[k]} trained)")
         print(mark_trained(tokenizer, data.input_ids[k], data.labels[k], colour))
     print("\n--- statistics (training split)")
     for line in stats.lines():

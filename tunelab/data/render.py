@@ -19,11 +19,20 @@ IGNORE = -100
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
 
 
+def trained_count(labels: list[int]) -> int:
+    """Tokens that train: labelled ones after the first (token 0 has no context to predict it)."""
+    return sum(1 for label in labels[1:] if label != IGNORE)
+
+
 @dataclass
 class LMEncoded:
     input_ids: list[list[int]]
     labels: list[list[int]]  # IGNORE where the token does not train
     records: list[Record] = field(default_factory=list)
+    trained: list[int] = field(init=False)  # trained_count per example, counted once here
+
+    def __post_init__(self) -> None:
+        self.trained = [trained_count(labels) for labels in self.labels]
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -125,7 +134,7 @@ class Renderer:
     # ---------------------------------------------------------------- many records
     def encode(self, records: list[Record]) -> tuple[LMEncoded, RenderStats]:
         stats = RenderStats(examples=len(records))
-        out = LMEncoded([], [], [])
+        ids_out, labels_out, kept = [], [], []
         for record in records:
             ids, labels = self.render(record)
             if len(ids) > self.max_length:
@@ -134,21 +143,21 @@ class Renderer:
                     continue
                 ids, labels = ids[: self.max_length], labels[: self.max_length]
                 stats.truncated += 1
-            trained = sum(1 for label in labels[1:] if label != IGNORE)  # token 0 has no context
+            trained = trained_count(labels)
             if trained == 0:
                 stats.dropped_no_supervision += 1
                 continue
-            out.input_ids.append(ids)
-            out.labels.append(labels)
-            out.records.append(record)
+            ids_out.append(ids)
+            labels_out.append(labels)
+            kept.append(record)
             stats.kept += 1
             stats.tokens += len(ids)
             stats.supervised += trained
             stats.lengths.append(len(ids))
-        if not out.input_ids:
+        if not ids_out:
             raise DataError(f"no example kept out of {stats.examples}: "
                             + "; ".join(stats.lines()[2:]) + " (raise model.max_length?)")
-        return out, stats
+        return LMEncoded(ids_out, labels_out, kept), stats
 
 
 def histogram(lengths: list[int], bins: int = 8, width: int = 40) -> list[str]:

@@ -53,6 +53,16 @@ def pack_batch(data: LMEncoded, index: list[int]) -> dict[str, torch.Tensor]:
             "position_ids": torch.tensor([pos]), "block_mask": allowed[None, None]}
 
 
+def additive_mask(allowed: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A boolean (1, 1, T, T) mask as the additive float mask attention kernels take, in the
+    dtype the attention runs in (the autocast dtype when autocast is on)."""
+    kind = allowed.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) \
+        else next(model.parameters()).dtype
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min)
+
+
 class CausalLMTask:
     name = "causal_lm"
     default_metric = "loss"
@@ -69,17 +79,13 @@ class CausalLMTask:
     @staticmethod
     def units(data: LMEncoded, index: list[int]) -> int:
         """Supervised tokens (what the loss averages over)."""
-        return sum(sum(1 for x in data.labels[i][1:] if x != IGNORE) for i in index)
+        return sum(data.trained[i] for i in index)
 
     @staticmethod
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         if "block_mask" in batch:
-            dtype = torch.get_autocast_dtype(batch["input_ids"].device.type) \
-                if torch.is_autocast_enabled(batch["input_ids"].device.type) else next(model.parameters()).dtype
-            inputs["attention_mask"] = torch.zeros(batch["block_mask"].shape, dtype=dtype,
-                                                   device=batch["block_mask"].device
-                                                   ).masked_fill(~batch["block_mask"], torch.finfo(dtype).min)
+            inputs["attention_mask"] = additive_mask(batch["block_mask"], model)
         hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)
         targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
         keep = targets != IGNORE

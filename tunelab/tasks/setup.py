@@ -5,6 +5,7 @@ Data are read before any weights load, so data errors surface in a second.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -48,8 +49,6 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None]) -> Setup:
 
 def split_records(cfg: CausalLMRun) -> tuple[list, list]:
     """(train, held-out) records: eval_path if given, else a seeded random hold-out."""
-    import random
-
     d = cfg.data
     records = load_records(d.path, d.format, d.columns, d.roles)
     if d.eval_path:

@@ -138,7 +138,8 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=start_step, desc="train", unit="step",
                    dynamic_ncols=True, mininterval=1.0, disable=not self.dist.main)
         try:
-            if start_step == 0 and not self.history and cfg.eval_at_start:  # the starting point every later number is compared with
+            if start_step == 0 and not self.history and cfg.eval_at_start:
+                # the untrained model: the baseline every later number is compared with
                 self.initial_eval = self._evaluate(0, metrics_file)
             with stop_on_signals() as stop:
                 while step < self.total_steps and not stopped_early:

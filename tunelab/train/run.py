@@ -126,7 +126,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         s.model.save_pretrained(out)
         s.tokenizer.save_pretrained(out)
     plot = plot_history(result.history, trainer.metric, run_dir / "plot.png")
-    scores = {k: v for k, v in final.items() if k not in ("step", "split")}
+    scores = _scores(final)
     summary = {"task": cfg.task, "metric": trainer.metric, "best": result.best,
                "steps": result.steps, "total_steps": result.total_steps,
                "stopped_early": result.stopped_early, "initial_dev": _scores(trainer.initial_eval),
