@@ -27,6 +27,7 @@ test: $(STAMP)
 # Benchmarks against the reference tools; each writes its table into BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/classify_vs_peft.py
 	$(BIN)/python bench/sft_vs_trl.py
 
 clean:

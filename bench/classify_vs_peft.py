@@ -2,11 +2,13 @@
 
 Workloads (a) LoRA r8 on query/value and (b) full fine-tuning of all-MiniLM-L6-v2, on the
 same seeded 4,000-example SST-2 sample, max length 64, batch 32, one epoch, the same
-learning rate, schedule and seed. The reference pads each batch to its longest example
-(DataCollatorWithPadding); both are scored on the full SST-2 dev set. Each run is its own
-process, one after another. Writes a table into BENCHMARKS.md.
+learning rate, schedule and training seed. The reference pads each batch to its longest
+example (DataCollatorWithPadding); both are scored on the full SST-2 dev set. Each run is its
+own process, one after another; every configuration runs once per training seed and the
+table gives the mean (accuracy with its range: one seed's accuracy moves by a point).
+Writes a table into BENCHMARKS.md.
 
-    python bench/classify_vs_peft.py [--examples 4000]
+    python bench/classify_vs_peft.py [--examples 4000] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from common import device_name, machine, matmul_peak_gflops, peak_rss_mb, update
 
 WORKLOADS = {"lora": {"lr": 5e-4, "targets": ["query", "value"]}, "full": {"lr": 5e-5}}
 RUNS = [f"{tool}-{w}" for w in WORKLOADS for tool in ("tunelab", "reference")]
-BATCH, MAX_LEN, SEED, WARMUP = 32, 64, 0, 0.06
+BATCH, MAX_LEN, WARMUP = 32, 64, 0.06
 
 
 def tunelab_config(args, workload: str, out: Path):
@@ -38,7 +40,7 @@ def tunelab_config(args, workload: str, out: Path):
         "model.name=minilm", f"model.max_length={MAX_LEN}", "data.train=sst2",
         f"data.max_train_examples={args.examples}", *method, "train.epochs=1",
         f"train.batch_size={BATCH}", f"train.lr={w['lr']}", f"train.warmup_ratio={WARMUP}",
-        "train.eval_at_start=false", "train.checkpoint_every=100000", f"train.seed={SEED}",
+        "train.eval_at_start=false", "train.checkpoint_every=100000", f"train.seed={args.seed}",
         "train.precision=fp32",  # the reference trains in fp32 too
         f"output_dir={out}"])
 
@@ -67,7 +69,7 @@ def child_reference(args, workload: str, out: Path) -> dict:
     splits = load_splits(cfg.data)  # the same seeded sample tunelab trains on
     path = resolve("minilm")
     tok = AutoTokenizer.from_pretrained(str(path))
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=2)
     if workload == "lora":
         model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16,
@@ -80,7 +82,7 @@ def child_reference(args, workload: str, out: Path) -> dict:
     targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH,
                               num_train_epochs=1, learning_rate=WORKLOADS[workload]["lr"],
                               lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.01,
-                              max_grad_norm=1.0, seed=SEED, logging_steps=50, save_strategy="no",
+                              max_grad_norm=1.0, seed=args.seed, logging_steps=50, save_strategy="no",
                               report_to=[], use_cpu=not torch.cuda.is_available(),
                               dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds,
@@ -118,35 +120,48 @@ def child(kind: str, args) -> None:
     Path(args.json).write_text(json.dumps(result))
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
 def table(args, results: dict, peak: float) -> str:
+    """results[kind] is a list of per-seed results."""
     lines = [f"## MiniLM on SST-2: tunelab vs peft + transformers.Trainer ({device_name()})", "",
              f"Measured {date.today()} on {machine()}; fp32 for both tools; matmul peak measured in the same "
-             f"run: {peak:.1f} GFLOP/s. {args.examples} seeded SST-2 training examples, max length "
-             f"{MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, warmup {WARMUP:.0%}, seed {SEED}; "
-             "(a) LoRA r8/alpha 16 on query and value, lr 5e-4; (b) full fine-tuning, lr 5e-5. "
-             "Real tokens exclude padding; MFU counts matmul FLOPs per real token (6N full, 4N "
-             "frozen base) against the measured peak. Dev accuracy on all 872 SST-2 dev examples.",
+             f"run: {peak:.1f} GFLOP/s. {args.examples} seeded SST-2 training examples (the same "
+             f"for every run), max length {MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, "
+             f"warmup {WARMUP:.0%}; training seeds {', '.join(map(str, args.seeds))}, one run per "
+             "seed and tool, figures are means over seeds. (a) LoRA r8/alpha 16 on query and "
+             "value, lr 5e-4; (b) full fine-tuning, lr 5e-5. Real tokens exclude padding; MFU "
+             "counts matmul FLOPs per real token (6N full, 4N frozen base) against the measured "
+             "peak (MFU/peak: how far each figure is from it). Dev accuracy on all 872 SST-2 dev "
+             "examples: mean, and [lowest, highest] over seeds.",
              "", "| workload | run | real tokens/s | examples/s | vs reference | MFU | peak RSS (MB) | train time (s) | wall (s) | dev accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for workload in WORKLOADS:
-        ref = results[f"reference-{workload}"]
-        ref_tps = ref["tokens"] / ref["seconds"]
+        ref_tps = mean([r["tokens"] / r["seconds"] for r in results[f"reference-{workload}"]])
         for tool in ("tunelab", "reference"):
-            r = results[f"{tool}-{workload}"]
-            tps = r["tokens"] / r["seconds"]
+            runs = results[f"{tool}-{workload}"]
+            tps = mean([r["tokens"] / r["seconds"] for r in runs])
+            acc = [r["accuracy"] for r in runs]
             mfu = tps * flops_per_token(workload) / (peak * 1e9)
             lines.append(f"| ({'a' if workload == 'lora' else 'b'}) {workload} | {tool} | {tps:.0f} | "
-                         f"{r['examples'] / r['seconds']:.1f} | {tps / ref_tps:.2f}x | {mfu:.0%} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['seconds']:.1f} | {r['wall']:.1f} | "
-                         f"{r['accuracy']:.4f} |")
-    lines += ["", f"Command: `python bench/classify_vs_peft.py --examples {args.examples}` "
-              "(part of `make bench`)."]
+                         f"{mean([r['examples'] / r['seconds'] for r in runs]):.1f} | "
+                         f"{tps / ref_tps:.2f}x | {mfu:.0%} | "
+                         f"{max(r['peak_rss_mb'] for r in runs):.0f} | "
+                         f"{mean([r['seconds'] for r in runs]):.1f} | "
+                         f"{mean([r['wall'] for r in runs]):.1f} | "
+                         f"{mean(acc):.4f} [{min(acc):.4f}, {max(acc):.4f}] |")
+    lines += ["", f"Command: `python bench/classify_vs_peft.py --examples {args.examples} --seeds "
+              f"{' '.join(map(str, args.seeds))}` (part of `make bench`)."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--examples", type=int, default=4000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     p.add_argument("--work", default="/tmp/tunelab-bench-classify")
     p.add_argument("--child", choices=RUNS)
     p.add_argument("--json")
@@ -155,14 +170,16 @@ def main() -> None:
         return child(args.child, args)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     peak = matmul_peak_gflops()
-    results = {}
-    for kind in RUNS:
-        out = Path(args.work) / f"{kind}.json"
-        print(f"running {kind} ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--child", kind, "--json", str(out),
-                        "--work", args.work, "--examples", str(args.examples)], check=True)
-        results[kind] = json.loads(out.read_text())
-        print(f"  {kind}: {results[kind]}", flush=True)
+    results: dict[str, list[dict]] = {kind: [] for kind in RUNS}
+    for seed in args.seeds:
+        for kind in RUNS:
+            out = Path(args.work) / f"{kind}-{seed}.json"
+            print(f"running {kind}, seed {seed} ...", flush=True)
+            subprocess.run([sys.executable, __file__, "--child", kind, "--json", str(out),
+                            "--work", args.work, "--examples", str(args.examples),
+                            "--seed", str(seed)], check=True)
+            results[kind].append(json.loads(out.read_text()))
+            print(f"  {kind}: {results[kind][-1]}", flush=True)
     section = table(args, results, peak)
     update_benchmarks(section)
     print(section)

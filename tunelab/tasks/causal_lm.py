@@ -19,6 +19,7 @@ from torch import nn
 from tunelab.data.batching import plan_batches
 from tunelab.data.render import IGNORE, LMEncoded, Renderer
 from tunelab.data.sft import Conversation
+from tunelab.tasks.chunked_ce import chunked_linear_cross_entropy
 
 
 def pad_batch(data: LMEncoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -68,8 +69,9 @@ class CausalLMTask:
     default_metric = "loss"
 
     def __init__(self, tokenizer, renderer: Renderer, packing: bool, samples: int = 0,
-                 sample_tokens: int = 64):
+                 sample_tokens: int = 64, loss_chunk: int | None = None):
         self.tok, self.renderer, self.packing = tokenizer, renderer, packing
+        self.loss_chunk = loss_chunk  # tokens per output-layer chunk; None: all at once
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.samples, self.sample_tokens = samples, sample_tokens
 
@@ -81,15 +83,18 @@ class CausalLMTask:
         """Supervised tokens (what the loss averages over)."""
         return sum(data.trained[i] for i in index)
 
-    @staticmethod
-    def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         if "block_mask" in batch:
             inputs["attention_mask"] = additive_mask(batch["block_mask"], model)
         hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)
         targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
         keep = targets != IGNORE
-        logits = model.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V), N supervised
+        head = model.get_output_embeddings()
+        if self.loss_chunk:
+            return chunked_linear_cross_entropy(hidden[:, :-1][keep], head, targets[keep],
+                                                self.loss_chunk)
+        logits = head(hidden[:, :-1][keep])  # (N, V), N supervised
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
     @torch.no_grad()
@@ -109,21 +114,24 @@ class CausalLMTask:
 
     @torch.no_grad()
     def write_samples(self, model: nn.Module, data: LMEncoded, step: int, run_dir: Path,
-                      device: torch.device) -> Path | None:
-        """Greedy generations for the first few held-out prompts, saved per evaluation."""
+                      device: torch.device, write: bool = True) -> Path | None:
+        """Greedy generations for the first few held-out prompts, saved per evaluation
+        (write=False: generate only, as FSDP ranks other than 0 must)."""
         if not self.samples:
             return None
         was_training = model.training
         model.eval()
         out = run_dir / "samples" / f"step-{step:07d}.jsonl"
-        out.parent.mkdir(parents=True, exist_ok=True)
         rows = []
         for record in data.records[: self.samples]:
             prompt = self.renderer.prompt_text(record)
             raw = not isinstance(record, Conversation)  # raw prompts were tokenised with BOS etc.
             rows.append({"prompt": prompt, "response": generate_text(
                 model, self.tok, prompt, self.sample_tokens, device, special_tokens=raw)})
-        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        if write:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                           encoding="utf-8")
         model.train(was_training)
         return out
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from tunelab.atomic import atomic_dir
 from tunelab.errors import CheckpointError
+from tunelab.train.fsdp import copy_into, load_optimizer_state
 
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -37,9 +38,8 @@ def load_trainable(model: nn.Module, path: Path) -> None:
         diff = sorted(set(state) ^ wanted)[:3]
         raise CheckpointError(f"{path}: its parameters do not match this model's trainable ones "
                               f"(e.g. {', '.join(diff)}); was it written with another method?")
-    with torch.no_grad():
-        for name, tensor in state.items():
-            params[name].copy_(tensor)
+    for name, tensor in state.items():
+        copy_into(params[name], tensor)
 
 
 def save_weights(model: nn.Module, directory: Path) -> None:
@@ -49,11 +49,16 @@ def save_weights(model: nn.Module, directory: Path) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any], keep: int) -> Path:
+                    scheduler: Any, state: dict[str, Any], keep: int,
+                    optimizer_by_name: dict[str, Any] | None = None) -> Path:
+    """`optimizer_by_name`: a full state keyed by parameter name (what FSDP runs store, and
+    any process can load); the optimizer's own state_dict otherwise."""
     path = root / f"step-{step:07d}"
+    optim = {"optimizer_by_name": optimizer_by_name} if optimizer_by_name is not None \
+        else {"optimizer": optimizer.state_dict()}
     with atomic_dir(path) as tmp:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        torch.save({**optim, "scheduler": scheduler.state_dict(),
                     "rng_torch": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    tmp / OPTIMIZER)
@@ -82,7 +87,10 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     except Exception as exc:
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); "
                               "delete it to resume from the one before") from None
-    optimizer.load_state_dict(extra["optimizer"])
+    if "optimizer_by_name" in extra:
+        load_optimizer_state(model, optimizer, extra["optimizer_by_name"])
+    else:
+        optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
     torch.set_rng_state(extra["rng_torch"])
     if extra["rng_cuda"] and torch.cuda.is_available():

@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun: torch.distributed + DistributedDataParallel.
+"""Data-parallel training under torchrun: torch.distributed + DistributedDataParallel
+(or FSDP, train.distributed=fsdp, see fsdp.py).
 
 Every rank plans the same global batches (they are a function of seed and epoch) and takes
 its slice of each, so a run on N processes sees the same examples per optimizer step as a
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -67,13 +68,20 @@ class LossModule(nn.Module):
         super().__init__()
         self.model, self.task = model, task
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.task.loss_sum(self.model, batch)
+    def forward(self, batch: dict[str, torch.Tensor] | None,
+                inside: Callable[[nn.Module], Any] | None = None) -> Any:
+        """The loss of `batch`; or `inside(model)`, for work (evaluation) that must run within
+        the root's forward, where FSDP has gathered the root's own parameters."""
+        return self.task.loss_sum(self.model, batch) if inside is None else inside(self.model)
 
 
-def wrap(model: nn.Module, task: Any, dist: Dist) -> nn.Module:
+def wrap(model: nn.Module, task: Any, dist: Dist, strategy: str = "ddp") -> nn.Module:
     module = LossModule(model, task)
     if not dist.active:
         return module
+    if strategy == "fsdp":
+        from tunelab.train.fsdp import shard
+
+        return shard(module, model)
     ids = [dist.local_rank] if torch.cuda.is_available() else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

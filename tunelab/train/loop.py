@@ -21,7 +21,9 @@ from tunelab.data.batching import Encoded, plan_batches
 from tunelab.errors import ConfigError
 from tunelab.eval.metrics import HIGHER_IS_BETTER
 from tunelab.train import checkpoint as ckpt
+from tunelab.train import fsdp
 from tunelab.train.distributed import Dist, wrap
+from tunelab.train.fast_dropout import use_fast_dropout
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.signals import Interrupted, stop_on_signals
 
@@ -62,7 +64,10 @@ class Trainer:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise ConfigError("train.gradient_checkpointing: this model does not support it")
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.forward = wrap(model, task, dist)  # DDP under torchrun, the loss module otherwise
+        use_fast_dropout(model)  # the CPU dropout mask is a tenth of a small model's step
+        self.fsdp = dist.active and cfg.distributed == "fsdp"
+        # DDP (or FSDP) under torchrun, the loss module otherwise
+        self.forward = wrap(model, task, dist, cfg.distributed)
         if cfg.compile:
             self.forward = torch.compile(self.forward, dynamic=True)
         self.cfg, self.run_dir, self.device, self.log = cfg, run_dir, device, log
@@ -116,13 +121,33 @@ class Trainer:
         return int(state["step"])
 
     def _checkpoint(self, step: int) -> Path:
-        """Rank 0 writes (DDP keeps every rank's weights identical); the others wait for it."""
+        """Rank 0 writes (DDP keeps every rank's weights identical; FSDP gathers its shards
+        first, a collective); the others wait for it."""
         path = self.ckpt_dir / f"step-{step:07d}"
-        if self.dist.main:
-            ckpt.save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer, self.scheduler,
-                                 {"loop": vars(self.state)}, self.cfg.keep_checkpoints)
+        by_name = fsdp.optimizer_state(self.model, self.optimizer) if self.fsdp else None
+        with self.gathered():
+            if self.dist.main:
+                ckpt.save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer,
+                                     self.scheduler, {"loop": vars(self.state)},
+                                     self.cfg.keep_checkpoints, by_name)
         self.dist.barrier()
         return path
+
+    def gathered(self):
+        """Whole parameters inside (every rank enters; FSDP only): for code that reads weights."""
+        return fsdp.gathered(self.forward) if self.fsdp else nullcontext()
+
+    def inside(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """fn(model), run where the model's forward works: within the FSDP root's forward."""
+        if not self.fsdp:
+            return fn(self.model)
+        out = self.forward(None, inside=fn)
+        fsdp.reshard(self.forward)
+        return out
+
+    def evaluate(self) -> dict[str, Any]:
+        return self.inside(lambda m: self.task.evaluate(m, self.dev, self.cfg.eval_batch_size,
+                                                        self.device, self.autocast))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, start_step: int = 0) -> FitResult:
@@ -215,21 +240,22 @@ class Trainer:
         return total, n, tokens
 
     def _evaluate(self, step: int, metrics_file: Any) -> dict[str, Any]:
-        scores = self.task.evaluate(self.model, self.dev, self.cfg.eval_batch_size, self.device,
-                                    self.autocast)
-        record = {"step": step, "split": "dev", **scores}
+        record = {"step": step, "split": "dev", **self.evaluate()}
         if metrics_file is None:
             return record
         self._write(metrics_file, record)
-        if hasattr(self.task, "write_samples") and self.dist.main:
-            self.task.write_samples(self.model, self.dev, step, self.run_dir, self.device)
-        value, better = scores[self.metric], HIGHER_IS_BETTER[self.metric]
+        if hasattr(self.task, "write_samples") and (self.dist.main or self.fsdp):
+            # under FSDP every rank generates (each forward is a collective); rank 0 writes
+            self.inside(lambda m: self.task.write_samples(m, self.dev, step, self.run_dir,
+                                                          self.device, write=self.dist.main))
+        value, better = record[self.metric], HIGHER_IS_BETTER[self.metric]
         delta = self.cfg.early_stopping.min_delta if self.cfg.early_stopping else 0.0
         best = self.state.best_value
         if best is None or (value > best + delta if better else value < best - delta):
             self.state.best_value, self.state.best_step, self.state.bad_evals = value, step, 0
-            if self.dist.main:
-                ckpt.save_weights(self.model, self.run_dir / "best")
+            with self.gathered():
+                if self.dist.main:
+                    ckpt.save_weights(self.model, self.run_dir / "best")
         else:
             self.state.bad_evals += 1
         return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -19,13 +20,14 @@ from tunelab.methods.peft_format import save_adapter
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.tasks.setup import setup
 from tunelab.train import checkpoint as ckpt
-from tunelab.train import distributed
+from tunelab.train import distributed, fsdp
 from tunelab.train.distributed import Dist
 from tunelab.train.loop import METRICS_FILE, Trainer
 
 # Keys that may differ between an interrupted run and its resumption (they do not change
 # what is computed, only how often it is logged or saved).
-RESUME_FREE_KEYS = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints"}
+RESUME_FREE_KEYS = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                    "output_dir"}  # a run directory may be moved or copied
 
 
 def seed_everything(seed: int) -> None:
@@ -105,32 +107,37 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     start = trainer.resume() if resume else 0
     log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
         f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
-        f"{trainer.precision}" + (f", {dist.world} processes (DDP)" if dist.active else "")
+        f"{trainer.precision}" + (f", {dist.world} processes ({cfg.train.distributed.upper()})"
+                                 if dist.active else "")
         + "".join(f", {name}" for name, on in (
             ("gradient checkpointing", getattr(s.model, "is_gradient_checkpointing", False)),
             ("torch.compile", hasattr(trainer.forward, "_orig_mod"))) if on))
+    test_before = _test_before(s, trainer, run_dir, start, device, dist, log)
     result = trainer.fit(start)
 
     restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
-    final = (s.task.evaluate(s.model, s.dev, cfg.train.eval_batch_size, device, trainer.autocast)
-             if restored else result.last_eval)
+    final = trainer.evaluate() if restored else result.last_eval
+    test = None
+    if test_before is not None:
+        log("scoring the test split after training ...")
+        test, hyps = trainer.inside(lambda m: s.task.test_scores(m, device))
+        if dist.main:
+            _write_translations(run_dir / "test_translations.jsonl", s.task.test, hyps)
+    # FSDP: every rank gathers the shards, rank 0 writes them whole
+    whole = fsdp.model_state(s.model) if trainer.fsdp and not method_cls.saves_adapter else None
+    with trainer.gathered():
+        if dist.main:
+            out = _save_artifact(s, cfg, report, method_cls.saves_adapter, run_dir, whole)
     if not dist.main:
-        dist.barrier()  # wait for rank 0 to write the artifacts, then leave
+        dist.barrier()  # wait for rank 0 to finish writing, then leave
         return {"rank": dist.rank, "final_dev": final}
-    s.model.cpu()
-    if method_cls.saves_adapter:
-        out = save_adapter(s.model, cfg.method, report.head, str(s.model_path),
-                           run_dir / ADAPTER_DIR, task=cfg.task)
-    else:
-        out = run_dir / MODEL_DIR
-        s.model.save_pretrained(out)
-        s.tokenizer.save_pretrained(out)
     plot = plot_history(result.history, trainer.metric, run_dir / "plot.png")
     scores = _scores(final)
     summary = {"task": cfg.task, "metric": trainer.metric, "best": result.best,
                "steps": result.steps, "total_steps": result.total_steps,
                "stopped_early": result.stopped_early, "initial_dev": _scores(trainer.initial_eval),
                "final_dev": scores, "dev_examples": len(s.dev), "restored_best": bool(restored),
+               **({"test_before": test_before, "test": test} if test is not None else {}),
                "train_seconds": result.seconds, "wall_seconds": time.perf_counter() - t_start,
                "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
                "precision": trainer.precision, "trainable": report.trainable, "total": report.total,
@@ -143,6 +150,40 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         log(line)
     dist.barrier()
     return summary
+
+
+def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: Path,
+                   state: dict[str, torch.Tensor] | None) -> Path:
+    if adapter:
+        return save_adapter(s.model, cfg.method, report.head, str(s.model_path),
+                            run_dir / ADAPTER_DIR, task=cfg.task)
+    out = run_dir / MODEL_DIR
+    s.model.save_pretrained(out, state_dict=state)  # state: given under FSDP
+    s.tokenizer.save_pretrained(out)
+    return out
+
+
+def _test_before(s: Any, trainer: Trainer, run_dir: Path, start: int, device: torch.device,
+                 dist: Dist, log: Callable[[str], None]) -> dict[str, float] | None:
+    """Tasks scored by generation on a test split (translation) are scored before training
+    too; a resumed run reads the score its first start wrote."""
+    if not hasattr(s.task, "test_scores"):
+        return None
+    path = run_dir / "test_before.json"
+    if start > 0 and path.is_file():
+        return json.loads(path.read_text())
+    log(f"scoring the test split ({len(s.task.test)} examples) before training ...")
+    scores, _ = trainer.inside(lambda m: s.task.test_scores(m, device))
+    if dist.main:
+        write_json(path, scores)
+    return scores
+
+
+def _write_translations(path: Path, pairs: list, hyps: list[str]) -> None:
+    rows = [{"source": p.source, "reference": p.target, "hypothesis": h}
+            for p, h in zip(pairs, hyps)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
 
 
 def _quiet(_: str) -> None:
