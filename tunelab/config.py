@@ -75,6 +75,8 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that has it
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory
+    loss_chunk_size: int | None = Field(None, ge=1)  # causal LM: output layer + loss N tokens at a time
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate, or shard the model
     compile: bool = False  # torch.compile the model's loss (dynamic shapes); pays off on long runs
     eval_every: int | None = Field(None, ge=1)  # steps; the run always evaluates at the end
     eval_at_start: bool = True  # score the untrained model first (step 0), the baseline
@@ -100,6 +102,10 @@ class SftDataConfig(StrictModel):
     truncation: Literal["right", "drop"] = "right"  # over model.max_length: cut, or drop
     append_eos: bool = True  # prompt_completion / text: end each example with EOS (trained)
     packing: bool = False  # one row per batch, attention confined to each example
+    # continued pretraining: documents joined with EOS, cut into model.max_length blocks,
+    # every token trained; the held-out set is the last eval_size blocks
+    blocks: bool = False
+    text_split: Literal["paragraph", "line", "file"] = "paragraph"  # documents in a .txt file
     eval_path: str | None = None
     eval_size: int = Field(40, ge=1)  # held out from `path` when eval_path is not given
     split_seed: int = 0
@@ -141,6 +147,13 @@ class ClassificationRun(_RunBase):
     task: Literal["classification"] = "classification"
     data: DataConfig
 
+    @model_validator(mode="after")
+    def _no_loss_chunks(self) -> "ClassificationRun":
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm runs have a vocabulary-sized "
+                             "output layer to chunk; remove it")
+        return self
+
 
 class CausalLMRun(_RunBase):
     task: Literal["causal_lm"] = "causal_lm"
@@ -154,10 +167,55 @@ class CausalLMRun(_RunBase):
         return self
 
 
-RunConfig = ClassificationRun | CausalLMRun
-RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun], Field(discriminator="task")]
+class TranslationDataConfig(StrictModel):
+    """Line-aligned parallel files `{split}.{lang}` in one directory (or the catalog's)."""
+
+    path: str = "multi30k"  # a catalog name or a directory
+    source_lang: str = "en"
+    target_lang: str = "de"
+    train_split: str | None = None  # None: the catalog's names (Multi30k: train, val,
+    dev_split: str | None = None  # test_2016_flickr), else train, dev, test
+    test_split: str | None = None
+    max_train_examples: int | None = Field(None, ge=1)
+    max_dev_examples: int | None = Field(200, ge=1)  # held-out loss at every evaluation
+    max_test_examples: int | None = Field(200, ge=1)  # BLEU / chrF before and after training
+    # decoder-only models: the user turn of a chat; encoder-decoder models: the source prefix
+    prompt: str = "Translate this sentence from {source_name} to {target_name}:\n{source}"
+    seq2seq_prefix: str = "translate {source_name} to {target_name}: "
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_source(cls, v: str) -> str:
+        if "{source}" not in v:
+            raise ValueError("must contain {source}, where the sentence goes")
+        return v
+
+
+class Generation(StrictModel):
+    num_beams: int = Field(1, ge=1, le=16)  # 1: greedy
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    batch_size: int = Field(16, ge=1)
+
+
+class TranslationRun(_RunBase):
+    task: Literal["translation"] = "translation"
+    data: TranslationDataConfig = TranslationDataConfig()
+    generation: Generation = Generation()
+
+    @model_validator(mode="after")
+    def _metric_is_loss(self) -> "TranslationRun":
+        if self.train.metric not in (None, "loss"):
+            raise ValueError(f"train.metric: translation runs select by held-out loss (BLEU and "
+                             f"chrF are scored on the test split at the end), not "
+                             f"{self.train.metric}; remove train.metric")
+        return self
+
+
+RunConfig = ClassificationRun | CausalLMRun | TranslationRun
+RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TranslationRun],
+                       Field(discriminator="task")]
 _ADAPTER = TypeAdapter(RUN_CONFIG)
-TASKS = ("classification", "causal_lm")
+TASKS = ("classification", "causal_lm", "translation")
 
 
 # ----------------------------------------------------------------------------- loading

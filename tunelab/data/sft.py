@@ -20,6 +20,10 @@ SFT_CATALOG = {
     "alpaca_en": "alpaca_demo/alpaca_en_demo.json",
     "alpaca_zh": "alpaca_demo/alpaca_zh_demo.json",
     "code_alpaca": "code_alpaca_2k/code_alpaca_2k.json",
+    # unlabeled text for continued pretraining (data.blocks)
+    "tinyshakespeare": "tinyshakespeare/input.txt",
+    "wiki_demo": "pretrain_demo/wiki_demo.txt",
+    "c4_demo": "pretrain_demo/c4_demo.jsonl",
 }
 ROLE_NAMES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
               "model": "assistant", "bot": "assistant", "system": "system"}
@@ -157,9 +161,38 @@ def _messages(value: Any, roles: dict[str, str], where: str, key: str) -> list[d
     return out
 
 
-def load_records(path_or_name: str, fmt: str, columns: dict[str, str], roles: dict[str, str]
-                 ) -> list[Record]:
+def text_documents(path: Path, split: str) -> list[PlainText]:
+    """A .txt file as documents: blank-line separated paragraphs, single lines, or the file."""
+    text = path.read_text(encoding="utf-8")
+    if split == "file":
+        chunks = [(1, text)]
+    elif split == "line":
+        chunks = list(enumerate(text.splitlines(), 1))
+    else:
+        chunks, start, lines = [], 1, []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                start = start if lines else number
+                lines.append(line)
+            elif lines:
+                chunks.append((start, "\n".join(lines)))
+                lines = []
+        if lines:
+            chunks.append((start, "\n".join(lines)))
+    docs = [(line, chunk.strip()) for line, chunk in chunks if chunk.strip()]
+    if not docs:
+        raise DataError(f"{path}: no text found")
+    return [PlainText(doc, f"{path}:{line}") for line, doc in docs]
+
+
+def load_records(path_or_name: str, fmt: str, columns: dict[str, str], roles: dict[str, str],
+                 text_split: str = "paragraph") -> list[Record]:
     path = resolve_sft_path(path_or_name)
+    if path.suffix == ".txt":
+        if fmt not in ("auto", "text"):
+            raise DataError(f"{path}: a .txt file is plain text; set data.format to text or auto, "
+                            f"not {fmt}")
+        return list(text_documents(path, text_split))
     pairs = raw_records(path)
     chosen = fmt if fmt != "auto" else detect_format(pairs[0][0], columns, pairs[0][1])
     return [to_record(raw, chosen, columns, roles, where) for raw, where in pairs]

@@ -38,7 +38,7 @@ def plot_history(history: list[dict[str, Any]], metric: str, path: Path) -> Path
 
 def format_scores(scores: dict[str, Any]) -> str:
     names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss",
-             "perplexity": "perplexity"}
+             "perplexity": "perplexity", "bleu": "BLEU", "chrf": "chrF"}
     return "  ".join(f"{names[k]}: {scores[k]:.4f}" for k in names if k in scores)
 
 
@@ -55,6 +55,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     weights = "best" if summary["restored_best"] else "last"
     lines.append(f"dev after training:  {format_scores(summary['final_dev'])}  "
                  f"({summary['dev_examples']} examples, {weights} weights)")
+    if summary.get("test") is not None:
+        lines.append(f"test before training: {format_scores(summary['test_before'])}")
+        lines.append(f"test after training:  {format_scores(summary['test'])}")
     lines.append(f"trainable parameters: {summary['trainable']:,} / {summary['total']:,}")
     lines.append(f"{summary['artifact_kind']}: {summary['artifact']}")
     lines.append(f"metrics: {summary['metrics_file']}  plot: {summary['plot']}")

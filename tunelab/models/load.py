@@ -79,3 +79,22 @@ def load_causal_lm(path: Path, dropout: float | None = None, weights_from: Path 
         return AutoModelForCausalLM.from_pretrained(str(source), config=config, dtype=torch.float32)
     except Exception as exc:
         raise ModelError(f"{source}: cannot build a causal LM ({type(exc).__name__}: {exc})") from None
+
+
+def is_encoder_decoder(path: Path) -> bool:
+    """T5, BART, Marian...: a separate encoder and decoder (AutoModelForSeq2SeqLM)."""
+    return bool(getattr(_config(path, None), "is_encoder_decoder", False))
+
+
+def load_seq2seq(path: Path, dropout: float | None = None, weights_from: Path | None = None) -> Any:
+    """An encoder-decoder LM in float32; `weights_from` as above."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    source = weights_from or path
+    config = _config(source, dropout)
+    try:
+        return AutoModelForSeq2SeqLM.from_pretrained(str(source), config=config, dtype=torch.float32)
+    except Exception as exc:
+        raise ModelError(f"{source}: cannot build an encoder-decoder LM ({type(exc).__name__}: "
+                         f"{exc})") from None

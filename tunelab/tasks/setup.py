@@ -10,14 +10,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.config import CausalLMRun, ClassificationRun, RunConfig
+from tunelab.config import CausalLMRun, ClassificationRun, RunConfig, TranslationRun
 from tunelab.data import load_splits
-from tunelab.data.render import Renderer
+from tunelab.data.blocks import encode_blocks, held_out_blocks
+from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, read_parallel
+from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
 from tunelab.errors import DataError
-from tunelab.models import load_causal_lm, load_classifier, load_tokenizer, resolve
+from tunelab.models import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
+                            load_tokenizer, resolve)
 from tunelab.tasks.causal_lm import CausalLMTask
 from tunelab.tasks.classification import ClassificationTask
+from tunelab.tasks.translation import DecoderTranslationTask, Seq2SeqTranslationTask
 
 
 @dataclass
@@ -50,9 +54,9 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None]) -> Setup:
 def split_records(cfg: CausalLMRun) -> tuple[list, list]:
     """(train, held-out) records: eval_path if given, else a seeded random hold-out."""
     d = cfg.data
-    records = load_records(d.path, d.format, d.columns, d.roles)
+    records = load_records(d.path, d.format, d.columns, d.roles, d.text_split)
     if d.eval_path:
-        held = load_records(d.eval_path, d.format, d.columns, d.roles)
+        held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split)
     else:
         if d.eval_size >= len(records):
             raise DataError(f"data.eval_size {d.eval_size} leaves no training examples out of "
@@ -73,27 +77,91 @@ def renderer_for(cfg: CausalLMRun, tokenizer) -> Renderer:
 
 
 def causal_lm(cfg: CausalLMRun, log: Callable[[str], None]) -> Setup:
-    train_records, held = split_records(cfg)
+    d = cfg.data
     model_path = resolve(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
     renderer = renderer_for(cfg, tokenizer)
-    train, stats = renderer.encode(train_records)
-    dev, dev_stats = renderer.encode(held)
-    d = cfg.data
-    log(f"data: {len(train)} train / {len(dev)} held-out examples; loss on {d.loss_on} tokens; "
-        f"truncation {d.truncation} at {cfg.model.max_length}; "
-        f"{'packing' if d.packing else 'padding per batch'}")
-    for line in stats.lines():
-        log(f"  train {line}")
-    log(f"  held-out {dev_stats.lines()[1]}")
+    if d.blocks:
+        train, dev, info = _blocks(cfg, tokenizer, log)
+    else:
+        train_records, held = split_records(cfg)
+        train, stats = renderer.encode(train_records)
+        dev, dev_stats = renderer.encode(held)
+        log(f"data: {len(train)} train / {len(dev)} held-out examples; loss on {d.loss_on} tokens; "
+            f"truncation {d.truncation} at {cfg.model.max_length}; "
+            f"{'packing' if d.packing else 'padding per batch'}")
+        for line in stats.lines():
+            log(f"  train {line}")
+        log(f"  held-out {dev_stats.lines()[1]}")
+        info = {"train_stats": vars(stats) | {"lengths": None}}
     model = load_causal_lm(model_path, cfg.model.dropout)
-    task = CausalLMTask(tokenizer, renderer, d.packing, d.samples, d.sample_tokens)
+    task = CausalLMTask(tokenizer, renderer, d.packing, d.samples, d.sample_tokens,
+                        cfg.train.loss_chunk_size)
     return Setup(model, tokenizer, task, train, dev, model_path,
-                 {"chat_template": d.template, "train_stats": vars(stats) | {"lengths": None}})
+                 {"chat_template": d.template, **info})
+
+
+def _blocks(cfg: CausalLMRun, tokenizer, log: Callable[[str], None]):
+    """Continued pretraining data: (train blocks, held-out blocks, run.json info)."""
+    d, size = cfg.data, cfg.model.max_length
+    records = load_records(d.path, d.format, d.columns, d.roles, d.text_split)
+    if d.eval_path:
+        train, _, stats = encode_blocks(tokenizer, records, size, None)
+        held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split)
+        dev = held_out_blocks(tokenizer, encode_blocks(tokenizer, held, size, None)[0].input_ids,
+                              d.samples)
+    else:
+        train, dev, stats = encode_blocks(tokenizer, records, size, d.eval_size, d.samples)
+    if d.max_examples:
+        train = LMEncoded(train.input_ids[: d.max_examples], train.labels[: d.max_examples])
+    log(f"data: {len(train)} train / {len(dev)} held-out blocks of {size} tokens "
+        f"({'from ' + d.eval_path if d.eval_path else 'the last blocks of the text'}); "
+        "every token trains")
+    for line in stats.lines():
+        log(f"  {line}")
+    return train, dev, {"block_stats": vars(stats)}
+
+
+def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
+    """Decoder-only models learn translation as a chat turn; encoder-decoder models directly."""
+    d = cfg.data
+    root = corpus_dir(d.path)
+    names = CATALOG_SPLITS.get(d.path.strip().lower(), {"train": "train", "dev": "dev",
+                                                       "test": "test"})
+    split = {"train": d.train_split or names["train"], "dev": d.dev_split or names["dev"],
+             "test": d.test_split or names["test"]}
+    limits = {"train": d.max_train_examples, "dev": d.max_dev_examples, "test": d.max_test_examples}
+    pairs = {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
+             for k in split}
+    langs = {"source_name": language_name(d.source_lang),
+             "target_name": language_name(d.target_lang)}
+    log(f"data: {root} {d.source_lang}->{d.target_lang}: " + ", ".join(
+        f"{len(pairs[k])} {k} ({split[k]})" for k in split) + " pairs")
+    model_path = resolve(cfg.model.name)
+    tokenizer = load_tokenizer(model_path)
+    if is_encoder_decoder(model_path):
+        task: Any = Seq2SeqTranslationTask(
+            tokenizer, cfg.model.max_length,
+            lambda src: d.seq2seq_prefix.format(**langs) + src, pairs["test"], cfg.generation)
+        train, dev = task.encode(pairs["train"]), task.encode(pairs["dev"])
+        model = load_seq2seq(model_path, cfg.model.dropout)
+        log("route: encoder-decoder (source in, target as labels)")
+    else:
+        renderer = Renderer(tokenizer, "assistant", cfg.model.max_length, "right", True)
+        task = DecoderTranslationTask(tokenizer, renderer,
+                                      lambda src: d.prompt.format(source=src, **langs),
+                                      pairs["test"], cfg.generation, cfg.train.loss_chunk_size)
+        train, stats = renderer.encode(task.records(pairs["train"]))
+        dev, _ = renderer.encode(task.records(pairs["dev"]))
+        model = load_causal_lm(model_path, cfg.model.dropout)
+        log(f"route: decoder-only, a chat turn per pair (loss on the target); "
+            f"{stats.lines()[1]}")
+    return Setup(model, tokenizer, task, train, dev, model_path,
+                 {"source_lang": d.source_lang, "target_lang": d.target_lang})
 
 
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
-    "classification": classification, "causal_lm": causal_lm}
+    "classification": classification, "causal_lm": causal_lm, "translation": translation}
 
 
 def setup(cfg: RunConfig, log: Callable[[str], None]) -> Setup:

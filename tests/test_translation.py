@@ -1,0 +1,112 @@
+"""Translation: parallel files, BLEU/chrF, the encoder-decoder route (a tiny T5 overfits a
+few pairs) and the decoder-only route (a chat turn per pair), scored before and after."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sft_fixtures import tiny_llama_dir, tiny_tokenizer
+from tunelab.config import validate
+from tunelab.data.parallel import read_parallel
+from tunelab.errors import DataError
+from tunelab.tasks.translation import first_line, translation_scores
+from tunelab.train.run import train
+
+PAIRS = [("the quick brown fox", "der schnelle braune fuchs"), ("hello world", "hallo welt"),
+         ("the sea and the sky", "das meer und der himmel"), ("one two three", "eins zwei drei")]
+
+
+def write_corpus(root, pairs=PAIRS, splits=("train", "dev", "test")):
+    root.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (root / f"{split}.en").write_text("\n".join(s for s, _ in pairs) + "\n")
+        (root / f"{split}.de").write_text("\n".join(t for _, t in pairs) + "\n")
+    return root
+
+
+def test_parallel_files_align_and_errors_name_file_and_line(tmp_path):
+    root = write_corpus(tmp_path / "c")
+    pairs = read_parallel(root, "train", "en", "de", limit=3)
+    assert [(p.source, p.target) for p in pairs] == PAIRS[:3]
+    assert pairs[1].where.endswith("train.en:2")
+    (root / "dev.de").write_text("eins\n")
+    with pytest.raises(DataError, match=r"dev.en has 4 lines but .*dev.de has 1: parallel files"):
+        read_parallel(root, "dev", "en", "de")
+    (root / "test.de").write_text("a\n\nc\nd\n")
+    with pytest.raises(DataError, match=r"test.de:2: empty line in a parallel file"):
+        read_parallel(root, "test", "en", "de")
+    with pytest.raises(DataError, match=r"val.en: not found; files there: dev.de, dev.en"):
+        read_parallel(root, "val", "en", "de")
+
+
+def test_scores_match_sacrebleu_and_first_line():
+    import sacrebleu
+
+    hyps, refs = ["der schnelle fuchs", "hallo welt", "das meer"], [t for _, t in PAIRS[:3]]
+    got = translation_scores(hyps, refs)
+    assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert translation_scores(refs, refs) == {"bleu": pytest.approx(100.0),
+                                              "chrf": pytest.approx(100.0)}
+    assert first_line("  hallo welt\n\nNote: greeting") == "hallo welt" and first_line(" ") == ""
+
+
+def tiny_t5_dir(root):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = tiny_tokenizer(pad_is_eos=False)
+    import torch
+
+    torch.manual_seed(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=16, num_layers=2,
+                   num_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    T5ForConditionalGeneration(cfg).save_pretrained(root)
+    tok.save_pretrained(root)
+    return root
+
+
+def config(model, corpus, out, method="full", steps=60, lr=1e-2, schedule="linear"):
+    return {"task": "translation", "model": {"name": str(model), "max_length": 32},
+            "data": {"path": str(corpus), "max_dev_examples": 4, "max_test_examples": 4},
+            "generation": {"max_new_tokens": 12, "batch_size": 2},
+            "method": {"name": method},
+            "train": {"batch_size": 4, "lr": lr, "max_steps": steps, "warmup_ratio": 0.0,
+                      "eval_every": steps, "schedule": schedule},
+            "output_dir": str(out)}
+
+
+def test_tiny_t5_overfits_a_few_pairs(tmp_path):
+    corpus = write_corpus(tmp_path / "c")
+    logs: list[str] = []
+    s = train(validate(config(tiny_t5_dir(tmp_path / "t5"), corpus, tmp_path / "run", steps=80,
+                              lr=1e-2)), log=logs.append)
+    assert any("route: encoder-decoder" in line for line in logs)
+    assert s["final_dev"]["loss"] < 0.2 * s["initial_dev"]["loss"]
+    assert s["test_before"]["bleu"] < 5.0 and s["test"]["chrf"] > s["test_before"]["chrf"] + 25
+    rows = [json.loads(x) for x in (tmp_path / "run" / "test_translations.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows] == [t for _, t in PAIRS]
+    assert sum(r["hypothesis"] == r["reference"] for r in rows) >= 2
+    assert any(line.startswith("test after training:  BLEU:") for line in logs)
+
+
+def test_decoder_route_trains_on_the_target_and_scores_before_and_after(tmp_path):
+    corpus = write_corpus(tmp_path / "c")
+    logs: list[str] = []
+    s = train(validate(config(tiny_llama_dir(tmp_path / "llama"), corpus, tmp_path / "run",
+                              steps=40)), log=logs.append)
+    assert any("route: decoder-only" in line for line in logs)
+    assert s["final_dev"]["loss"] < 0.5 * s["initial_dev"]["loss"]
+    assert s["test"]["chrf"] > s["test_before"]["chrf"]
+    assert json.loads((tmp_path / "run" / "test_before.json").read_text()) == s["test_before"]
+
+
+def test_translation_config_errors():
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.prompt: .*must contain \{source\}"):
+        validate({"task": "translation", "data": {"prompt": "Translate:"}, "output_dir": "x"})
+    with pytest.raises(ConfigError, match="train.metric: translation runs select by held-out loss"):
+        validate({"task": "translation", "train": {"metric": "accuracy"}, "output_dir": "x"})
