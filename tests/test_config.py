@@ -23,7 +23,7 @@ def test_unknown_top_level_key_suggests_the_right_one():
 def test_unknown_method_key_lists_only_that_methods_keys():
     msg = err(BASE, ["method.name=lora", "method.rr=4"])
     assert msg == ("config: unknown key 'method.rr' (did you mean 'method.r'?); valid keys here: "
-                   "name, r, alpha, dropout, targets, scaling, init")
+                   "name, r, alpha, dropout, targets, scaling, init, loraplus_lr_ratio")
 
 
 def test_nested_typo_and_range_errors_are_reported_together():

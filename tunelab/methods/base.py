@@ -23,6 +23,8 @@ class ApplyReport:
     trainable: int
     total: int
     notes: list[str] = field(default_factory=list)
+    # parameter name -> multiplier on train.lr, for methods that train parts at other rates (LoRA+)
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
     def lines(self, max_names: int = 12) -> list[str]:
         shown = self.matched[:max_names]

@@ -29,6 +29,8 @@ class LoraConfig(StrictModel):
     targets: list[str] | str = tgt.ALL_LINEAR  # names/suffixes, a regex, or 'all-linear'
     scaling: Literal["standard", "rslora"] = "standard"  # alpha/r, or alpha/sqrt(r)
     init: Literal["default", "gaussian", "pissa"] = "default"
+    # LoRA+ (Hayou et al., 2024): B trains at train.lr * this ratio (the paper suggests ~16)
+    loraplus_lr_ratio: float | None = Field(None, ge=1.0)
 
     @field_validator("targets")
     @classmethod
@@ -177,7 +179,11 @@ class LoraMethod(Method):
         unfreeze(model, head)
         rule = "alpha/sqrt(r)" if cfg.scaling == "rslora" else "alpha/r"
         note = f"r={cfg.r}, alpha={cfg.alpha:g}, scaling {rule}, init {cfg.init}, dropout {cfg.dropout:g}"
-        return report(cls.name, model, chosen, head, [note])
+        out = report(cls.name, model, chosen, head, [note])
+        if cfg.loraplus_lr_ratio is not None:
+            out.lr_scales = {f"{n}.lora_B.weight": cfg.loraplus_lr_ratio for n in chosen}
+            out.notes.append(f"LoRA+: lora_B trains at train.lr x {cfg.loraplus_lr_ratio:g}")
+        return out
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
