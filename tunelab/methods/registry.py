@@ -5,6 +5,7 @@ from tunelab.methods.bitfit import BitFitMethod
 from tunelab.methods.dora import DoraMethod
 from tunelab.methods.freeze import FreezeMethod
 from tunelab.methods.full import FullMethod
+from tunelab.methods.ia3 import IA3Method
 from tunelab.methods.lora import LoraMethod
 
 METHODS: dict[str, type[Method]] = {
@@ -13,4 +14,5 @@ METHODS: dict[str, type[Method]] = {
     "bitfit": BitFitMethod,
     "lora": LoraMethod,
     "dora": DoraMethod,
+    "ia3": IA3Method,
 }
