@@ -20,11 +20,13 @@ VARIANTS = [("full", {}), ("freeze", {"train_last_layers": 1}), ("bitfit", {}),
             ("lora", {}), ("lora", {"init": "gaussian", "scaling": "rslora"}),
             ("lora", {"init": "pissa"}), ("lora", {"targets": "all-linear", "dropout": 0.1}),
             ("dora", {}), ("dora", {"init": "pissa", "targets": ["query", "value", "dense"]}),
-            ("ia3", {}), ("ia3", {"targets": "all-linear", "feedforward": r".*\.output\.dense"})]
+            ("ia3", {}), ("ia3", {"targets": "all-linear", "feedforward": r".*\.output\.dense"}),
+            ("vera", {"r": 8}), ("vera", {"r": 4, "targets": ["query", "value"], "dropout": 0.1,
+                                          "d_initial": 0.05, "projection_seed": 3})]
 # the parameters each adapter method adds (the last part of their names)
 ADAPTER_PARAMS = {"lora": ("lora_A.weight", "lora_B.weight"),
                   "dora": ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"),
-                  "ia3": ("ia3_l",)}
+                  "ia3": ("ia3_l",), "vera": ("vera_lambda_b", "vera_lambda_d")}
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
 
 
@@ -173,7 +175,7 @@ def test_pissa_takes_the_top_singular_directions():
 
 
 # Adam learning rates for test_the_method_alone_fits_a_batch: scaling vectors need larger steps
-FIT_LR = {"ia3": 0.1}
+FIT_LR = {"ia3": 0.1, "vera": 0.1}
 
 
 @pytest.mark.parametrize("name,opts", [(n, o) for n, o in VARIANTS if METHODS[n].saves_adapter],

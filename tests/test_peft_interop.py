@@ -10,6 +10,7 @@ import torch
 from peft import IA3Config as PeftIA3Config
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from peft import VeraConfig as PeftVeraConfig
 
 from tunelab import methods
 from tunelab.methods.peft_format import load_adapter, save_adapter
@@ -35,6 +36,12 @@ CASES = {
                           "feedforward": ["intermediate.dense"]},
                   PeftIA3Config, {"target_modules": ["query", "intermediate.dense"],
                                   "feedforward_modules": ["intermediate.dense"]}, None),
+    "vera": ("vera", {"r": 4, "targets": ["query", "value"]}, PeftVeraConfig,
+             {"r": 4, "target_modules": ["query", "value"]}, ["query", "value"]),
+    "vera-all-linear": ("vera", {"r": 8, "targets": "all-linear", "d_initial": 0.05,
+                                 "projection_seed": 7}, PeftVeraConfig,
+                        {"r": 8, "target_modules": "all-linear", "d_initial": 0.05,
+                         "projection_prng_key": 7}, ["dense", "key", "query", "value"]),
 }
 
 

@@ -14,13 +14,18 @@ from torch import nn
 from tunelab.methods.base import AdapterLayer
 
 
+def linear_shape(layer: nn.Module) -> tuple[int, int]:
+    """(out, in) of an nn.Linear, or of transformers' Conv1D (GPT-2), whose weight is (in, out)."""
+    out_features, in_features = layer.weight.shape
+    return (out_features, in_features) if isinstance(layer, nn.Linear) else (in_features, out_features)
+
+
 class AdaptedLinear(AdapterLayer):
     def __init__(self, base: nn.Module):
         super().__init__()
         # transformers' Conv1D (GPT-2) stores its weight as (in, out): "fan in, fan out"
         self.fan_in_fan_out = not isinstance(base, nn.Linear)
-        self.out_features, self.in_features = base.weight.shape[::-1] if self.fan_in_fan_out \
-            else base.weight.shape
+        self.out_features, self.in_features = linear_shape(base)
         self.weight = base.weight
         self.bias = base.bias
         self.weight.requires_grad_(False)

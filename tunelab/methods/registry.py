@@ -7,6 +7,7 @@ from tunelab.methods.freeze import FreezeMethod
 from tunelab.methods.full import FullMethod
 from tunelab.methods.ia3 import IA3Method
 from tunelab.methods.lora import LoraMethod
+from tunelab.methods.vera import VeraMethod
 
 METHODS: dict[str, type[Method]] = {
     "full": FullMethod,
@@ -15,4 +16,5 @@ METHODS: dict[str, type[Method]] = {
     "lora": LoraMethod,
     "dora": DoraMethod,
     "ia3": IA3Method,
+    "vera": VeraMethod,
 }
