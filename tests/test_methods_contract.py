@@ -22,11 +22,18 @@ VARIANTS = [("full", {}), ("freeze", {"train_last_layers": 1}), ("bitfit", {}),
             ("dora", {}), ("dora", {"init": "pissa", "targets": ["query", "value", "dense"]}),
             ("ia3", {}), ("ia3", {"targets": "all-linear", "feedforward": r".*\.output\.dense"}),
             ("vera", {"r": 8}), ("vera", {"r": 4, "targets": ["query", "value"], "dropout": 0.1,
-                                          "d_initial": 0.05, "projection_seed": 3})]
+                                          "d_initial": 0.05, "projection_seed": 3}),
+            ("loha", {"r": 4}), ("loha", {"r": 2, "alpha": 6, "targets": ["query", "value"],
+                                          "rank_dropout": 0.2, "module_dropout": 0.1}),
+            ("lokr", {"r": 4}), ("lokr", {"r": 2, "decompose_both": True, "init": "lycoris",
+                                          "targets": ["query", "value"], "rank_dropout": 0.2}),
+            ("lokr", {"r": 8, "decompose_factor": 4, "rank_dropout_scale": True})]
 # the parameters each adapter method adds (the last part of their names)
 ADAPTER_PARAMS = {"lora": ("lora_A.weight", "lora_B.weight"),
                   "dora": ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"),
-                  "ia3": ("ia3_l",), "vera": ("vera_lambda_b", "vera_lambda_d")}
+                  "ia3": ("ia3_l",), "vera": ("vera_lambda_b", "vera_lambda_d"),
+                  "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+                  "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")}
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
 
 

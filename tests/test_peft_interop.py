@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from peft import IA3Config as PeftIA3Config
+from peft import LoHaConfig as PeftLohaConfig
+from peft import LoKrConfig as PeftLokrConfig
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from peft import VeraConfig as PeftVeraConfig
@@ -42,6 +44,19 @@ CASES = {
                                  "projection_seed": 7}, PeftVeraConfig,
                         {"r": 8, "target_modules": "all-linear", "d_initial": 0.05,
                          "projection_prng_key": 7}, ["dense", "key", "query", "value"]),
+    "loha": ("loha", {"r": 4, "alpha": 8, "targets": ["query", "value"]}, PeftLohaConfig,
+             {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}, ["query", "value"]),
+    "loha-all-linear": ("loha", {"r": 2, "alpha": 6}, PeftLohaConfig,
+                        {"r": 2, "alpha": 6, "target_modules": "all-linear"},
+                        ["dense", "key", "query", "value"]),
+    "lokr": ("lokr", {"r": 4, "alpha": 8, "targets": ["query", "value"]}, PeftLokrConfig,
+             {"r": 4, "alpha": 8, "target_modules": ["query", "value"]}, ["query", "value"]),
+    "lokr-decomposed": ("lokr", {"r": 1, "alpha": 3, "decompose_both": True}, PeftLokrConfig,
+                        {"r": 1, "alpha": 3, "decompose_both": True, "target_modules": "all-linear"},
+                        None),
+    "lokr-factor": ("lokr", {"r": 8, "decompose_factor": 4, "init": "lycoris"}, PeftLokrConfig,
+                    {"r": 8, "decompose_factor": 4, "init_weights": "lycoris",
+                     "target_modules": "all-linear"}, None),
 }
 
 

@@ -179,7 +179,8 @@ def test_eval_and_merge_of_a_causal_lm_run(sft_setup, tmp_path, capsys):
                                     {"name": "dora", "targets": "all-linear"},
                                     {"name": "ia3", "targets": "all-linear",
                                      "feedforward": ["down_proj"], "lr": 0.3, "ratio": 0.97},
-                                    {"name": "vera", "r": 64, "lr": 0.1, "ratio": 0.97}],
+                                    {"name": "vera", "r": 64, "lr": 0.1, "ratio": 0.97},
+                                    {"name": "loha", "lr": 0.03}, {"name": "lokr", "lr": 0.03}],
                          ids=lambda m: m["name"])
 def test_every_method_trains_a_causal_lm(sft_setup, tmp_path, method):
     model, data = sft_setup

@@ -6,6 +6,8 @@ from tunelab.methods.dora import DoraMethod
 from tunelab.methods.freeze import FreezeMethod
 from tunelab.methods.full import FullMethod
 from tunelab.methods.ia3 import IA3Method
+from tunelab.methods.loha import LohaMethod
+from tunelab.methods.lokr import LokrMethod
 from tunelab.methods.lora import LoraMethod
 from tunelab.methods.vera import VeraMethod
 
@@ -17,4 +19,6 @@ METHODS: dict[str, type[Method]] = {
     "dora": DoraMethod,
     "ia3": IA3Method,
     "vera": VeraMethod,
+    "loha": LohaMethod,
+    "lokr": LokrMethod,
 }
