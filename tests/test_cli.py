@@ -102,7 +102,8 @@ def test_bad_target_is_one_line_and_debug_shows_the_traceback(tiny_model_dir, ti
 # one tiny config per PEFT-family method: `tunelab train` end to end, then eval and merge
 CLI_METHODS = [{"name": "lora", "loraplus_lr_ratio": 16, "targets": ["query", "value"]},
                {"name": "ia3"}, {"name": "vera", "r": 8}, {"name": "loha", "r": 4},
-               {"name": "lokr", "r": 4, "rank_dropout": 0.1}]
+               {"name": "lokr", "r": 4, "rank_dropout": 0.1},
+               {"name": "houlsby", "reduction_factor": 4}, {"name": "pfeiffer"}]
 
 
 @pytest.mark.parametrize("method", CLI_METHODS, ids=lambda m: m["name"])

@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from tunelab import methods
 from tunelab.config import validate
-from tunelab.errors import MethodError
+from tunelab.errors import AdapterError, MethodError
 from tunelab.methods import METHODS
 from tunelab.methods.base import adapter_layers
 from tunelab.methods.lora import lora_layers
@@ -27,13 +27,19 @@ VARIANTS = [("full", {}), ("freeze", {"train_last_layers": 1}), ("bitfit", {}),
                                           "rank_dropout": 0.2, "module_dropout": 0.1}),
             ("lokr", {"r": 4}), ("lokr", {"r": 2, "decompose_both": True, "init": "lycoris",
                                           "targets": ["query", "value"], "rank_dropout": 0.2}),
-            ("lokr", {"r": 8, "decompose_factor": 4, "rank_dropout_scale": True})]
+            ("lokr", {"r": 8, "decompose_factor": 4, "rank_dropout_scale": True}),
+            ("houlsby", {}), ("houlsby", {"reduction_factor": 4, "non_linearity": "tanh"}),
+            ("pfeiffer", {}), ("pfeiffer", {"reduction_factor": 2, "targets": ["query", "value"],
+                                            "non_linearity": "gelu"})]
 # the parameters each adapter method adds (the last part of their names)
 ADAPTER_PARAMS = {"lora": ("lora_A.weight", "lora_B.weight"),
                   "dora": ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"),
                   "ia3": ("ia3_l",), "vera": ("vera_lambda_b", "vera_lambda_d"),
                   "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
-                  "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")}
+                  "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
+                  "houlsby": ("adapter_down.weight", "adapter_down.bias", "adapter_up.weight",
+                              "adapter_up.bias")}
+ADAPTER_PARAMS["pfeiffer"] = ADAPTER_PARAMS["houlsby"]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
 
 
@@ -89,6 +95,12 @@ def test_merged_equals_unmerged(name, opts):
     methods.apply(model, method_cfg(name, opts))
     perturb(model)
     unmerged = logits(model.eval())
+    if not all(m.mergeable for m in adapter_layers(model).values()):
+        with pytest.raises(AdapterError, match="cannot be merged into the base weights; load the "
+                                               "run with its adapter instead"):
+            merge(model)
+        assert torch.equal(logits(model), unmerged)  # refused before touching the model
+        return
     merge(model)
     assert not adapter_layers(model)
     assert torch.allclose(logits(model), unmerged, atol=1e-5, rtol=0)  # stated tolerance: 1e-5

@@ -2,6 +2,7 @@
 
 from tunelab.methods.base import Method
 from tunelab.methods.bitfit import BitFitMethod
+from tunelab.methods.bottleneck import HoulsbyMethod, PfeifferMethod
 from tunelab.methods.dora import DoraMethod
 from tunelab.methods.freeze import FreezeMethod
 from tunelab.methods.full import FullMethod
@@ -21,4 +22,6 @@ METHODS: dict[str, type[Method]] = {
     "vera": VeraMethod,
     "loha": LohaMethod,
     "lokr": LokrMethod,
+    "houlsby": HoulsbyMethod,
+    "pfeiffer": PfeifferMethod,
 }

@@ -110,10 +110,10 @@ def check_targets(v: list[str] | str, keywords: tuple[str, ...] = (ALL_LINEAR,))
 
 
 def auto_targets(model: nn.Module, table: dict[str, list[str]], method: str,
-                 key: str = "method.targets") -> list[str]:
+                 key: str = "method.targets", example: str = "[q_proj, v_proj]") -> list[str]:
     """The default target names of `method` for this model's type (e.g. bert, llama)."""
     kind = getattr(getattr(model, "config", None), "model_type", None)
     if kind not in table:
         raise MethodError(f"{key}: {method} has no default for model type '{kind}' (it has defaults "
-                          f"for {', '.join(sorted(table))}); list the layers, e.g. {key}: [q_proj, v_proj]")
+                          f"for {', '.join(sorted(table))}); list the layers, e.g. {key}: {example}")
     return list(table[kind])
