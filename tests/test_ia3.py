@@ -105,3 +105,11 @@ def test_ia3_on_gpt2_conv1d_merges_and_loads_in_peft(tmp_path):
         merge(model)
         merged = model(x).logits
     assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)
+
+
+
+def test_a_feedforward_name_that_matches_no_target_is_an_error():
+    cfg = method_cfg("ia3", {"targets": r".*\.(key|value)", "feedforward": ["fc2"]})
+    with pytest.raises(MethodError, match="method.feedforward: fc2 matches none of the 4 targeted "
+                                          "layers"):
+        methods.apply(tiny_classifier(), cfg)

@@ -146,3 +146,19 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path):
     with pytest.raises(AdapterError, match=r"lora_A.weight has shape \(8, 32\), the model expects "
                                            r"\(4, 32\); wrong base model or r\?"):
         load_adapter(tiny_classifier(), tmp_path, ["classifier"])
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"layers_to_transform": 0}, "layers_to_transform=0 is not supported by tunelab yet"),
+    ({"peft_type": "ADALORA"}, r"peft_type 'ADALORA' is not supported \(tunelab loads IA3, LOHA, "
+                               r"LOKR, LORA, VERA adapters\)"),
+    ({"r": None}, r"adapter_config.json: r: input should be a valid integer \(got None\)"),
+], ids=["layers_to_transform", "peft_type", "bad-value"])
+def test_adapter_configs_we_cannot_honour_are_refused_by_key(edit, message, tmp_path: Path):
+    from tunelab.errors import AdapterError
+
+    peft_model(PeftLoraConfig, LORA).save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(AdapterError, match=message):
+        load_adapter(tiny_classifier(), tmp_path, ["classifier"])

@@ -116,7 +116,9 @@ def refuse_unsupported(config: dict[str, Any], neutral: dict[str, Any], source: 
     """Fail on adapter config keys we cannot honour; `neutral` holds the values meaning 'unused'."""
     for key, value in neutral.items():
         got = config.get(key, value)
-        if got in (value, None, {}, [], "none", False):
+        # `is` for the flags: 0 == False, and layers_to_transform=0 is a real setting
+        if got is None or got is False or got is value or (type(got) is type(value) and got == value) \
+                or got in ({}, [], "none"):
             continue
         raise AdapterError(f"{source}: {key}={got!r} is not supported by tunelab yet")
 

@@ -47,6 +47,7 @@ FFN_OUT: dict[str, list[str]] = {
 
 
 class BottleneckConfig(StrictModel):
+    name: Literal["houlsby", "pfeiffer"]  # narrowed by each subclass; declared here to come first
     reduction_factor: int = Field(16, ge=1, le=4096)  # bottleneck size = d / reduction_factor
     non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "relu"
     targets: list[str] | str = tgt.AUTO  # 'auto': the method's placement; or names, a regex
@@ -58,12 +59,12 @@ class BottleneckConfig(StrictModel):
 
 
 class HoulsbyConfig(BottleneckConfig):
-    name: Literal["houlsby"] = "houlsby"
+    name: Literal["houlsby"] = "houlsby"  # type: ignore[assignment]
     non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "silu"  # AdapterHub's default (swish)
 
 
 class PfeifferConfig(BottleneckConfig):
-    name: Literal["pfeiffer"] = "pfeiffer"
+    name: Literal["pfeiffer"] = "pfeiffer"  # type: ignore[assignment]
 
 
 class BottleneckLinear(AdaptedLinear):

@@ -115,6 +115,11 @@ class IA3Method(AdapterMethod):
         if feedforward == tgt.AUTO:
             feedforward = tgt.auto_targets(model, DEFAULT_FEEDFORWARD, "ia3", "method.feedforward")
         chosen = tgt.select(model, targets, exclude=head)
+        if isinstance(cfg.feedforward, list):  # names the user gave must mean something
+            unused = [f for f in cfg.feedforward if not any(is_feedforward(n, [f]) for n in chosen)]
+            if unused:
+                raise MethodError(f"method.feedforward: {', '.join(unused)} matches none of the "
+                                  f"{len(chosen)} targeted layers; list names of targeted layers")
         freeze_all(model)
         for name in chosen:
             tgt.replace_module(model, name,

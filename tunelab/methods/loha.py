@@ -19,7 +19,7 @@ from tunelab.methods.lycoris import LycorisConfig, LycorisLinear, LycorisMethod
 
 
 class LohaConfig(LycorisConfig):
-    name: Literal["loha"] = "loha"
+    name: Literal["loha"] = "loha"  # type: ignore[assignment]
 
 
 class HadamardProduct(torch.autograd.Function):

@@ -22,7 +22,7 @@ from tunelab.methods.lycoris import LycorisConfig, LycorisLinear, LycorisMethod
 
 
 class LokrConfig(LycorisConfig):
-    name: Literal["lokr"] = "lokr"
+    name: Literal["lokr"] = "lokr"  # type: ignore[assignment]
     decompose_both: bool = False  # also make W1 low-rank when r is small enough
     decompose_factor: int = -1  # -1: split each dimension near its square root
     rank_dropout_scale: bool = False  # rescale kept rows by the kept share (peft's default: no)

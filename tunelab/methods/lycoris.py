@@ -10,7 +10,7 @@ kept share for LoHa, and for LoKr when `rank_dropout_scale` is set).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "exclude_modules": None
 
 
 class LycorisConfig(StrictModel):
+    name: Literal["loha", "lokr"]  # narrowed by each subclass; declared here to come first
     r: int = Field(8, ge=1, le=4096)
     alpha: float = Field(8.0, gt=0.0)  # scale = alpha / r (peft's defaults: r = alpha = 8)
     rank_dropout: float = Field(0.0, ge=0.0, lt=1.0)

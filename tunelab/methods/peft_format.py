@@ -103,7 +103,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, head: list[str]) -> 
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise AdapterError(f"{path}: {where}: {err['msg']} (got {err.get('input')!r})") from None
+        msg = err["msg"][:1].lower() + err["msg"][1:]
+        raise AdapterError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
     report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
     state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
     _load_state(model, state, weights_path)
