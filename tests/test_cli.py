@@ -97,3 +97,40 @@ def test_bad_target_is_one_line_and_debug_shows_the_traceback(tiny_model_dir, ti
     assert not (tmp_path / "o").exists()  # a run that fails validation leaves nothing behind
     with pytest.raises(MethodError):
         main(["--debug", "train", str(path), "method.targets=[qkv]"])
+
+
+# one tiny config per PEFT-family method: `tunelab train` end to end, then eval and merge
+CLI_METHODS = [{"name": "lora", "loraplus_lr_ratio": 16, "targets": ["query", "value"]},
+               {"name": "ia3"}, {"name": "vera", "r": 8}, {"name": "loha", "r": 4},
+               {"name": "lokr", "r": 4, "rank_dropout": 0.1},
+               {"name": "houlsby", "reduction_factor": 4}, {"name": "pfeiffer"}]
+
+
+@pytest.mark.parametrize("method", CLI_METHODS, ids=lambda m: m["name"])
+def test_train_eval_and_merge_through_the_cli(method, tiny_model_dir, tiny_data, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunelab.methods import METHODS
+    from tunelab.methods.base import AdapterLayer
+
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=4)
+    tree["method"] = method
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert main(["train", str(path)]) == 0
+    method_cls = METHODS[method["name"]]
+    assert (tmp_path / "run" / "adapter" / method_cls.config_file).is_file()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    assert "accuracy: " in capsys.readouterr().out
+    ours, _, _ = load_trained(tmp_path / "run")
+    assert any(isinstance(m, AdapterLayer) for m in ours.modules())
+    if not all(m.mergeable for m in ours.modules() if isinstance(m, AdapterLayer)):
+        assert main(["merge", str(tmp_path / "run"), str(tmp_path / "merged")]) == 2
+        assert "cannot be merged" in capsys.readouterr().err
+        return
+    assert main(["merge", str(tmp_path / "run"), str(tmp_path / "merged")]) == 0
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    enc = AutoTokenizer.from_pretrained(tmp_path / "merged")(["a wonderful story", "awful"],
+                                                             padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(plain(**enc).logits, ours(**enc).logits, atol=1e-5)

@@ -10,15 +10,36 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from tunelab import methods
 from tunelab.config import validate
-from tunelab.errors import MethodError
+from tunelab.errors import AdapterError, MethodError
 from tunelab.methods import METHODS
+from tunelab.methods.base import adapter_layers
 from tunelab.methods.lora import lora_layers
 from tunelab.methods.peft_format import load_adapter, merge, save_adapter
 
 VARIANTS = [("full", {}), ("freeze", {"train_last_layers": 1}), ("bitfit", {}),
             ("lora", {}), ("lora", {"init": "gaussian", "scaling": "rslora"}),
             ("lora", {"init": "pissa"}), ("lora", {"targets": "all-linear", "dropout": 0.1}),
-            ("dora", {}), ("dora", {"init": "pissa", "targets": ["query", "value", "dense"]})]
+            ("dora", {}), ("dora", {"init": "pissa", "targets": ["query", "value", "dense"]}),
+            ("ia3", {}), ("ia3", {"targets": "all-linear", "feedforward": r".*\.output\.dense"}),
+            ("vera", {"r": 8}), ("vera", {"r": 4, "targets": ["query", "value"], "dropout": 0.1,
+                                          "d_initial": 0.05, "projection_seed": 3}),
+            ("loha", {"r": 4}), ("loha", {"r": 2, "alpha": 6, "targets": ["query", "value"],
+                                          "rank_dropout": 0.2, "module_dropout": 0.1}),
+            ("lokr", {"r": 4}), ("lokr", {"r": 2, "decompose_both": True, "init": "lycoris",
+                                          "targets": ["query", "value"], "rank_dropout": 0.2}),
+            ("lokr", {"r": 8, "decompose_factor": 4, "rank_dropout_scale": True}),
+            ("houlsby", {}), ("houlsby", {"reduction_factor": 4, "non_linearity": "tanh"}),
+            ("pfeiffer", {}), ("pfeiffer", {"reduction_factor": 2, "targets": ["query", "value"],
+                                            "non_linearity": "gelu"})]
+# the parameters each adapter method adds (the last part of their names)
+ADAPTER_PARAMS = {"lora": ("lora_A.weight", "lora_B.weight"),
+                  "dora": ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector"),
+                  "ia3": ("ia3_l",), "vera": ("vera_lambda_b", "vera_lambda_d"),
+                  "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+                  "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
+                  "houlsby": ("adapter_down.weight", "adapter_down.bias", "adapter_up.weight",
+                              "adapter_up.bias")}
+ADAPTER_PARAMS["pfeiffer"] = ADAPTER_PARAMS["houlsby"]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
 
 
@@ -74,8 +95,14 @@ def test_merged_equals_unmerged(name, opts):
     methods.apply(model, method_cfg(name, opts))
     perturb(model)
     unmerged = logits(model.eval())
+    if not all(m.mergeable for m in adapter_layers(model).values()):
+        with pytest.raises(AdapterError, match="cannot be merged into the base weights; load the "
+                                               "run with its adapter instead"):
+            merge(model)
+        assert torch.equal(logits(model), unmerged)  # refused before touching the model
+        return
     merge(model)
-    assert not lora_layers(model)
+    assert not adapter_layers(model)
     assert torch.allclose(logits(model), unmerged, atol=1e-5, rtol=0)  # stated tolerance: 1e-5
 
 
@@ -88,8 +115,7 @@ def expected_trainable(name: str, opts: dict, pname: str) -> bool:
         return pname.startswith("bert.encoder.layer.1.")
     if name == "bitfit":
         return pname.endswith(".bias")
-    return ".lora_A." in pname or ".lora_B." in pname or (
-        name == "dora" and pname.endswith("lora_magnitude_vector"))
+    return pname.endswith(tuple("." + p for p in ADAPTER_PARAMS[name]))
 
 
 @pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
@@ -165,3 +191,30 @@ def test_pissa_takes_the_top_singular_directions():
     top = u[:, :2] @ torch.diag(s[:2]) @ vh[:2]
     assert torch.allclose(layer.delta_weight(), top, atol=1e-5)
     assert torch.allclose(layer.weight, base - top, atol=1e-5)
+
+
+# Adam learning rates for test_the_method_alone_fits_a_batch: scaling vectors need larger steps
+FIT_LR = {"ia3": 0.1, "vera": 0.1}
+
+
+@pytest.mark.parametrize("name,opts", [(n, o) for n, o in VARIANTS if METHODS[n].saves_adapter],
+                         ids=[i for i, (n, _) in zip(IDS, VARIANTS) if METHODS[n].saves_adapter])
+def test_the_method_alone_fits_a_batch(name, opts):
+    """With the head frozen at a fixed random readout, only the method's parameters can lower
+    the loss: 30 steps on one batch must lower it clearly (gradients reach them and help)."""
+    model = tiny_classifier()
+    methods.apply(model, method_cfg(name, opts))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.classifier.weight, generator=torch.Generator().manual_seed(3))
+    model.classifier.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=FIT_LR.get(name, 1e-2), weight_decay=0.0)
+    labels = torch.tensor([0, 1, 2])
+    losses = []
+    for _ in range(30):  # eval mode: no dropout noise in a 30-step check
+        loss = model(**INPUT, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.95 * losses[0], losses[::5]

@@ -1,7 +1,7 @@
 """A run directory: what it holds, and loading a trained model back from it.
 
     run_dir/config.yaml      the effective config          run_dir/run.json   labels, base, artifact
-    run_dir/adapter/         PEFT adapter (LoRA, DoRA)     run_dir/model/     full checkpoint (others)
+    run_dir/adapter/         adapter (PEFT layout)         run_dir/model/     full checkpoint (others)
     run_dir/metrics.jsonl    run_dir/plot.png              run_dir/summary.json
     run_dir/checkpoints/     resumable state               run_dir/best/      best trainable weights
 """

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
+from tunelab.errors import AdapterError
 from tunelab.schema import StrictModel
 
 # Task heads a sequence-classification model may carry (transformers' attribute names).
 HEAD_NAMES = ("classifier", "score")
+# PEFT names the user's model `base_model.model` inside a PeftModel; adapter keys start so.
+PEFT_PREFIX = "base_model.model."
 
 
 @dataclass
@@ -23,6 +27,8 @@ class ApplyReport:
     trainable: int
     total: int
     notes: list[str] = field(default_factory=list)
+    # parameter name -> multiplier on train.lr, for methods that train parts at other rates (LoRA+)
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
     def lines(self, max_names: int = 12) -> list[str]:
         shown = self.matched[:max_names]
@@ -50,6 +56,77 @@ class Method:
     @classmethod
     def apply(cls, model: nn.Module, cfg: StrictModel, head: list[str]) -> ApplyReport:
         raise NotImplementedError
+
+
+class AdapterLayer(nn.Module):
+    """A layer a method put in place of one of the model's own (e.g. LoraLinear for nn.Linear)."""
+
+    mergeable: ClassVar[bool] = True
+
+    def merged(self) -> nn.Module:
+        """The layer type it replaced, with the method folded into its weights."""
+        raise NotImplementedError
+
+
+class AdapterMethod(Method):
+    """A method that adds weights beside the frozen base and saves only those, as an adapter.
+
+    The hooks below map it to a PEFT adapter directory (adapter_config.json keys and
+    safetensors key names are peft's, so peft loads what we write and we load what it writes).
+    """
+
+    saves_adapter = True
+    peft_type: ClassVar[str]  # adapter_config.json's peft_type
+    config_file: ClassVar[str] = "adapter_config.json"
+
+    @classmethod
+    def reads(cls, config: dict[str, Any]) -> bool:
+        """Whether an adapter config was written by this method."""
+        return config.get("peft_type") == cls.peft_type
+
+    @classmethod
+    def adapter_config(cls, model: nn.Module, cfg: StrictModel, head: list[str]) -> dict[str, Any]:
+        """The method's own adapter_config.json keys (the shared ones are written for it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> StrictModel:
+        """The tunelab method config that rebuilds the layers an adapter config describes."""
+        raise NotImplementedError
+
+    @classmethod
+    def adapter_tensors(cls, model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
+        """PEFT-named tensors to save, the head's excluded: by default every trainable parameter."""
+        return {PEFT_PREFIX + n: p for n, p in model.named_parameters()
+                if p.requires_grad and n.split(".", 1)[0] not in head}
+
+    @classmethod
+    def take_extra_tensors(cls, model: nn.Module, state: dict[str, torch.Tensor],
+                           source: str) -> dict[str, torch.Tensor]:
+        """Load the saved tensors that are not model parameters (VeRA's shared projections)
+        and return the rest, which load by name."""
+        return state
+
+
+def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
+
+
+def refuse_unsupported(config: dict[str, Any], neutral: dict[str, Any], source: str) -> None:
+    """Fail on adapter config keys we cannot honour; `neutral` holds the values meaning 'unused'."""
+    for key, value in neutral.items():
+        got = config.get(key, value)
+        # `is` for the flags: 0 == False, and layers_to_transform=0 is a real setting
+        if got is None or got is False or got is value or (type(got) is type(value) and got == value) \
+                or got in ({}, [], "none"):
+            continue
+        raise AdapterError(f"{source}: {key}={got!r} is not supported by tunelab yet")
+
+
+def required(config: dict[str, Any], key: str, source: str) -> Any:
+    if key not in config:
+        raise AdapterError(f"{source}: the adapter config has no '{key}'; is the file complete?")
+    return config[key]
 
 
 def head_modules(model: nn.Module) -> list[str]:

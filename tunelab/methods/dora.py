@@ -57,3 +57,4 @@ class DoraMethod(LoraMethod):
     name = "dora"
     config_cls = DoraConfig
     layer_cls = DoraLinear
+    use_dora = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,8 @@ from torch import nn
 
 from tunelab.errors import MethodError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import ApplyReport, Method, freeze_all, report, unfreeze
+from tunelab.methods.base import (PEFT_PREFIX, AdapterLayer, AdapterMethod, ApplyReport, freeze_all,
+                                  refuse_unsupported, report, required, unfreeze)
 from tunelab.schema import StrictModel
 
 
@@ -29,6 +30,8 @@ class LoraConfig(StrictModel):
     targets: list[str] | str = tgt.ALL_LINEAR  # names/suffixes, a regex, or 'all-linear'
     scaling: Literal["standard", "rslora"] = "standard"  # alpha/r, or alpha/sqrt(r)
     init: Literal["default", "gaussian", "pissa"] = "default"
+    # LoRA+ (Hayou et al., 2024): B trains at train.lr * this ratio (the paper suggests ~16)
+    loraplus_lr_ratio: float | None = Field(None, ge=1.0)
 
     @field_validator("targets")
     @classmethod
@@ -49,7 +52,7 @@ def lora_scaling(alpha: float, r: int, rule: str) -> float:
     return alpha / math.sqrt(r) if rule == "rslora" else alpha / r
 
 
-class LoraLinear(nn.Module):
+class LoraLinear(AdapterLayer):
     """Replaces an nn.Linear: y = x W^T + b + s * (dropout(x) A^T) B^T.
 
     Owns the frozen base weight and bias (same Parameter objects as the layer it replaced),
@@ -155,11 +158,17 @@ INITS: dict[str, Callable[[LoraLinear], None]] = {
 }
 
 
-class LoraMethod(Method):
+# PEFT LoRA config keys we cannot honour yet, with the value that means "not used".
+_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+                "exclude_modules": None, "lora_bias": False, "bias": "none"}
+
+
+class LoraMethod(AdapterMethod):
     name = "lora"
     config_cls = LoraConfig
-    saves_adapter = True
+    peft_type = "LORA"
     layer_cls: ClassVar[type[LoraLinear]] = LoraLinear
+    use_dora: ClassVar[bool] = False
 
     @classmethod
     def apply(cls, model: nn.Module, cfg: LoraConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
@@ -177,7 +186,56 @@ class LoraMethod(Method):
         unfreeze(model, head)
         rule = "alpha/sqrt(r)" if cfg.scaling == "rslora" else "alpha/r"
         note = f"r={cfg.r}, alpha={cfg.alpha:g}, scaling {rule}, init {cfg.init}, dropout {cfg.dropout:g}"
-        return report(cls.name, model, chosen, head, [note])
+        out = report(cls.name, model, chosen, head, [note])
+        if cfg.loraplus_lr_ratio is not None:
+            out.lr_scales = {f"{n}.lora_B.weight": cfg.loraplus_lr_ratio for n in chosen}
+            out.notes.append(f"LoRA+: lora_B trains at train.lr x {cfg.loraplus_lr_ratio:g}")
+        return out
+
+    # ------------------------------------------------------------------ PEFT adapter format
+    @classmethod
+    def reads(cls, config: dict[str, Any]) -> bool:
+        return config.get("peft_type") == "LORA" and bool(config.get("use_dora")) == cls.use_dora
+
+    @classmethod
+    def adapter_config(cls, model: nn.Module, cfg: LoraConfig, head: list[str]) -> dict[str, Any]:  # type: ignore[override]
+        layers = lora_layers(model)
+        pissa = any(hasattr(layer, "pissa_A0") for layer in layers.values())
+        # PiSSA is written as a rank-2r delta against the original base (see adapter_tensors)
+        r, alpha = (2 * cfg.r, cfg.alpha * (math.sqrt(2) if cfg.scaling == "rslora" else 2.0)) \
+            if pissa else (cfg.r, cfg.alpha)
+        return {"r": r, "lora_alpha": alpha, "lora_dropout": cfg.dropout,
+                "target_modules": tgt.compact(list(layers), tgt.linear_names(model, head, (AdapterLayer,))),
+                "use_rslora": cfg.scaling == "rslora", "use_dora": cls.use_dora,
+                "init_lora_weights": True, "bias": "none",
+                "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
+                "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+                "layers_pattern": None}
+
+    @classmethod
+    def adapter_tensors(cls, model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
+        """PiSSA becomes a plain LoRA delta of rank 2r against the original base weight, as
+        PEFT does on save: [A; A0] and [B, -B0]."""
+        out: dict[str, torch.Tensor] = {}
+        for name, layer in lora_layers(model).items():
+            a, b = layer.lora_A.weight, layer.lora_B.weight
+            if hasattr(layer, "pissa_A0"):
+                a = torch.cat([a, layer.pissa_A0], dim=0)  # (2r, in)
+                b = torch.cat([b, -layer.pissa_B0], dim=1)  # (out, 2r)
+            out[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
+            out[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
+            if hasattr(layer, "lora_magnitude_vector"):
+                out[f"{PEFT_PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
+        return out
+
+    @classmethod
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> LoraConfig:  # type: ignore[override]
+        refuse_unsupported(config, _UNSUPPORTED, source)
+        return cls.config_cls(r=required(config, "r", source),
+                              alpha=required(config, "lora_alpha", source),
+                              dropout=config.get("lora_dropout", 0.0),
+                              targets=required(config, "target_modules", source),
+                              scaling="rslora" if config.get("use_rslora") else "standard")
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

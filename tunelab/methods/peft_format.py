@@ -1,122 +1,120 @@
 """Adapters in the Hugging Face PEFT layout: adapter_config.json + adapter_model.safetensors.
 
 Key names and config keys are PEFT's, so `peft.PeftModel.from_pretrained` loads what we
-write and we load what peft writes. Only LoRA-family adapters (LoRA, rsLoRA, DoRA) so far.
+write and we load what peft writes. This file does the shared part (files, the head saved
+as modules_to_save, loading by name, merging); each adapter method supplies its own config
+keys and tensors through the AdapterMethod hooks (LoRA's live in lora.py, IA3's in ia3.py...).
+Methods peft does not have (bottleneck adapters) use the same layout under their own config
+file name, so peft never mistakes them for its own.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.atomic import atomic_write
 from tunelab.errors import AdapterError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import ApplyReport
-from tunelab.methods.dora import DoraConfig, DoraLinear, DoraMethod
-from tunelab.methods.lora import LoraConfig, LoraLinear, LoraMethod, lora_layers
+from tunelab.methods.base import PEFT_PREFIX, AdapterMethod, ApplyReport, adapter_layers
+from tunelab.methods.lora import LoraLinear
+from tunelab.methods.registry import METHODS
+from tunelab.schema import StrictModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-PREFIX = "base_model.model."
+PREFIX = PEFT_PREFIX
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
-# PEFT config keys we cannot honour yet, with the value that means "not used".
-_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
-                "exclude_modules": None, "lora_bias": False,
-                "bias": "none", "use_dora": None}
 
 
-def adapter_tensors(model: nn.Module, head: list[str]) -> tuple[dict[str, torch.Tensor], int, float]:
-    """PEFT-named tensors, plus the (r, alpha factor) to write: PiSSA becomes a plain LoRA delta
-    of rank 2r against the original base weight, as PEFT does on save."""
-    out: dict[str, torch.Tensor] = {}
-    rank_factor, alpha_factor = 1, 1.0
-    for name, layer in lora_layers(model).items():
-        a, b = layer.lora_A.weight, layer.lora_B.weight
-        if hasattr(layer, "pissa_A0"):
-            a = torch.cat([a, layer.pissa_A0], dim=0)  # (2r, in)
-            b = torch.cat([b, -layer.pissa_B0], dim=1)  # (out, 2r)
-            rank_factor = 2
-            alpha_factor = math.sqrt(2) if layer.scaling_rule == "rslora" else 2.0
-        out[f"{PREFIX}{name}.lora_A.weight"] = a
-        out[f"{PREFIX}{name}.lora_B.weight"] = b
-        if isinstance(layer, DoraLinear):
-            out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
+def adapter_methods() -> list[type[AdapterMethod]]:
+    return [m for m in METHODS.values() if issubclass(m, AdapterMethod)]
+
+
+def _method_of(cfg: StrictModel) -> type[AdapterMethod]:
+    method = METHODS[cfg.name]  # type: ignore[attr-defined]
+    if not issubclass(method, AdapterMethod):
+        raise AdapterError(f"method {method.name} saves a full model, not an adapter")
+    return method
+
+
+def adapter_tensors(model: nn.Module, cfg: StrictModel, head: list[str]) -> dict[str, torch.Tensor]:
+    """Every tensor the adapter file holds: the method's, then the head's (as modules_to_save)."""
+    out = dict(_method_of(cfg).adapter_tensors(model, head))
     for h in head:
         for pname, p in model.get_submodule(h).named_parameters():
             out[f"{PREFIX}{h}.{pname}"] = p
-    return {k: v.detach().contiguous().cpu() for k, v in out.items()}, rank_factor, alpha_factor
+    return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def save_adapter(model: nn.Module, cfg: LoraConfig, head: list[str], base_model: str,
+def save_adapter(model: nn.Module, cfg: StrictModel, head: list[str], base_model: str,
                  out_dir: str | Path, task: str = "classification") -> Path:
     """Write the adapter atomically (temp files, then rename) and return its directory."""
+    method = _method_of(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors, rank_factor, alpha_factor = adapter_tensors(model, head)
-    chosen = list(lora_layers(model))
+    tensors = adapter_tensors(model, cfg, head)
     config: dict[str, Any] = {
-        "peft_type": "LORA", "task_type": TASK_TYPES[task], "base_model_name_or_path": base_model,
-        "r": cfg.r * rank_factor, "lora_alpha": cfg.alpha * alpha_factor,
-        "lora_dropout": cfg.dropout,
-        "target_modules": tgt.compact(chosen, tgt.linear_names(model, head, (LoraLinear,))),
-        "modules_to_save": head or None, "use_rslora": cfg.scaling == "rslora",
-        "use_dora": isinstance(cfg, DoraConfig), "init_lora_weights": True, "bias": "none",
-        "fan_in_fan_out": any(layer.fan_in_fan_out for layer in lora_layers(model).values()),
-        "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
-        "layers_to_transform": None, "layers_pattern": None, "revision": None,
+        "peft_type": method.peft_type, "task_type": TASK_TYPES[task],
+        "base_model_name_or_path": base_model, **method.adapter_config(model, cfg, head),
+        "modules_to_save": head or None, "inference_mode": True, "revision": None,
     }
     atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / method.config_file,
+                 lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return out
 
 
-def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
-    path = Path(adapter_dir) / CONFIG_FILE
-    if not path.is_file():
+def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[AdapterMethod], Path]:
+    """(the config, the method that reads it, the config file's path)."""
+    files = [CONFIG_FILE] + sorted({m.config_file for m in adapter_methods()} - {CONFIG_FILE})
+    path = next((Path(adapter_dir) / f for f in files if (Path(adapter_dir) / f).is_file()), None)
+    if path is None:
         raise AdapterError(f"{adapter_dir}: no {CONFIG_FILE}; is this a PEFT adapter directory?")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise AdapterError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if config.get("peft_type") != "LORA":
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: expected a JSON object of adapter settings")
+    method = next((m for m in adapter_methods()
+                   if m.config_file == path.name and m.reads(config)), None)
+    if method is None:
+        known = sorted({m.peft_type for m in adapter_methods() if m.config_file == CONFIG_FILE})
         raise AdapterError(f"{path}: peft_type {config.get('peft_type')!r} is not supported "
-                           "(tunelab loads LORA adapters, including DoRA and rsLoRA)")
-    for key, neutral in _UNSUPPORTED.items():
-        value = config.get(key, neutral)
-        if key == "use_dora" or value in (neutral, None, {}, "none", False):
-            continue
-        raise AdapterError(f"{path}: {key}={value!r} is not supported by tunelab yet")
-    return config
+                           f"(tunelab loads {', '.join(known)} adapters)")
+    return config, method, path
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | Path, head: list[str]) -> ApplyReport:
-    """Inject the LoRA layers an adapter describes into `model`, then load its weights."""
-    config = read_adapter_config(adapter_dir)
+    """Inject the layers an adapter describes into `model`, then load its weights."""
+    config, method, path = read_adapter_config(adapter_dir)
     weights_path = Path(adapter_dir) / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {CONFIG_FILE}")
-    method = DoraMethod if config.get("use_dora") else LoraMethod
-    cfg = method.config_cls(r=config["r"], alpha=config["lora_alpha"],
-                            dropout=config.get("lora_dropout", 0.0),
-                            targets=config["target_modules"],
-                            scaling="rslora" if config.get("use_rslora") else "standard")
-    report = method.apply(model, cfg, head)
-    state = load_file(str(weights_path))
-    _load_state(model, state, weights_path, head)
+        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {path.name}")
+    try:
+        cfg = method.config_from_adapter(config, str(path))
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"][:1].lower() + err["msg"][1:]
+        raise AdapterError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
+    report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
+    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
+    _load_state(model, state, weights_path)
     return report
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
-                head: list[str]) -> None:
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy tensors into the parameters they name; every trainable parameter must get one."""
     params = dict(model.named_parameters())
-    expected = {k for k in params if ".lora_" in k or k.split(".", 1)[0] in head}
+    expected = {k for k, p in params.items() if p.requires_grad}
     seen: set[str] = set()
     unexpected: list[str] = []
     with torch.no_grad():
@@ -141,8 +139,12 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
 
 
 def merge(model: nn.Module) -> int:
-    """Replace every LoRA/DoRA layer by its merged nn.Linear; returns how many were merged."""
-    layers = lora_layers(model)
+    """Replace every adapter layer by its merged base layer; returns how many were merged."""
+    layers = adapter_layers(model)
+    kept = sorted({type(m).__name__ for m in layers.values() if not m.mergeable})
+    if kept:
+        raise AdapterError(f"{', '.join(kept)} layers add a non-linear block and cannot be merged "
+                           "into the base weights; load the run with its adapter instead")
     for name, layer in layers.items():
         tgt.replace_module(model, name, layer.merged())
     return len(layers)

@@ -2,10 +2,15 @@
 
 from tunelab.methods.base import Method
 from tunelab.methods.bitfit import BitFitMethod
+from tunelab.methods.bottleneck import HoulsbyMethod, PfeifferMethod
 from tunelab.methods.dora import DoraMethod
 from tunelab.methods.freeze import FreezeMethod
 from tunelab.methods.full import FullMethod
+from tunelab.methods.ia3 import IA3Method
+from tunelab.methods.loha import LohaMethod
+from tunelab.methods.lokr import LokrMethod
 from tunelab.methods.lora import LoraMethod
+from tunelab.methods.vera import VeraMethod
 
 METHODS: dict[str, type[Method]] = {
     "full": FullMethod,
@@ -13,4 +18,10 @@ METHODS: dict[str, type[Method]] = {
     "bitfit": BitFitMethod,
     "lora": LoraMethod,
     "dora": DoraMethod,
+    "ia3": IA3Method,
+    "vera": VeraMethod,
+    "loha": LohaMethod,
+    "lokr": LokrMethod,
+    "houlsby": HoulsbyMethod,
+    "pfeiffer": PfeifferMethod,
 }

@@ -11,6 +11,7 @@ from tunelab.errors import MethodError
 from tunelab.methods.base import name_matches
 
 ALL_LINEAR = "all-linear"
+AUTO = "auto"  # the method's defaults for the model type (peft's table for that method)
 
 
 def linear_types() -> tuple[type[nn.Module], ...]:
@@ -92,3 +93,27 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def check_targets(v: list[str] | str, keywords: tuple[str, ...] = (ALL_LINEAR,)) -> list[str] | str:
+    """Config-time check of a targets value: a non-empty list of names, a keyword, or a regex."""
+    if isinstance(v, list):
+        if not v or any(not t.strip() for t in v):
+            raise ValueError(f"give at least one module name, a regex, or one of: {', '.join(keywords)}")
+        return v
+    if v not in keywords:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regex ({exc})") from None
+    return v
+
+
+def auto_targets(model: nn.Module, table: dict[str, list[str]], method: str,
+                 key: str = "method.targets", example: str = "[q_proj, v_proj]") -> list[str]:
+    """The default target names of `method` for this model's type (e.g. bert, llama)."""
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind not in table:
+        raise MethodError(f"{key}: {method} has no default for model type '{kind}' (it has defaults "
+                          f"for {', '.join(sorted(table))}); list the layers, e.g. {key}: {example}")
+    return list(table[kind])

@@ -57,7 +57,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, task: Any, train: Encoded, dev: Encoded, cfg: TrainConfig,
                  run_dir: Path, device: torch.device, log: Callable[[str], None] = print,
-                 dist: Dist = Dist()):
+                 dist: Dist = Dist(), lr_scales: dict[str, float] | None = None):
         self.model, self.task, self.train, self.dev = model, task, train, dev
         self.dist = dist
         if cfg.gradient_checkpointing:
@@ -75,7 +75,8 @@ class Trainer:
         self.batches_per_epoch = len(self._plan(0))
         steps_from_epochs = math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, steps_from_epochs)
-        self.optimizer = build_optimizer(model, cfg, fused=device.type == "cuda")
+        self.optimizer = build_optimizer(model, cfg, fused=device.type == "cuda",
+                                         lr_scales=lr_scales)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         use_bf16 = cfg.precision == "bf16" or (
             cfg.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())

@@ -10,19 +10,30 @@ from torch import nn
 from tunelab.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: biases, norms and the DoRA magnitude are not regularised toward 0."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr: float,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Decay matrices only: biases, norms and the DoRA magnitude are not regularised toward 0.
+
+    A parameter named in `lr_scales` trains at lr * its scale, in a group of its own (LoRA+
+    gives the B matrices a higher rate). The first two groups are always the plain ones, in
+    the same order, so checkpoints written without scales still resume.
+    """
+    scales = lr_scales or {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((p.ndim >= 2, scales.get(name, 1.0)), []).append(p)
+    unknown = sorted(set(scales) - {n for n, p in model.named_parameters() if p.requires_grad})
+    if unknown:
+        raise ValueError(f"lr_scales names parameters that do not train: {', '.join(unknown[:3])}")
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * scale}
+            for (decay, scale), params in groups.items()]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+def build_optimizer(model: nn.Module, cfg: TrainConfig, fused: bool = False,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, lr_scales)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
     if cfg.optimizer == "sgd":

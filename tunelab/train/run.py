@@ -103,7 +103,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                                           "max_length": cfg.model.max_length, "world_size": dist.world,
                                           **s.info})
 
-    trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist)
+    trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
+                      lr_scales=report.lr_scales)
     start = trainer.resume() if resume else 0
     log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
         f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
