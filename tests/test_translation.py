@@ -78,7 +78,7 @@ def config(model, corpus, out, method="full", steps=60, lr=1e-2, schedule="linea
             "output_dir": str(out)}
 
 
-def test_tiny_t5_overfits_a_few_pairs(tmp_path):
+def test_tiny_t5_overfits_a_few_pairs(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c")
     logs: list[str] = []
     s = train(validate(config(tiny_t5_dir(tmp_path / "t5"), corpus, tmp_path / "run", steps=80,
@@ -90,17 +90,32 @@ def test_tiny_t5_overfits_a_few_pairs(tmp_path):
     assert [r["reference"] for r in rows] == [t for _, t in PAIRS]
     assert sum(r["hypothesis"] == r["reference"] for r in rows) >= 2
     assert any(line.startswith("test after training:  BLEU:") for line in logs)
+    out = eval_cli(tmp_path / "run", capsys)  # the saved model reloads as a seq2seq model
+    assert out[-1] == f"BLEU: {s['test']['bleu']:.2f}  chrF: {s['test']['chrf']:.2f}"
 
 
-def test_decoder_route_trains_on_the_target_and_scores_before_and_after(tmp_path):
+def eval_cli(run, capsys) -> list[str]:
+    from tunelab.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_decoder_route_with_lora_scores_before_and_after_and_evaluates(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c")
     logs: list[str] = []
-    s = train(validate(config(tiny_llama_dir(tmp_path / "llama"), corpus, tmp_path / "run",
-                              steps=40)), log=logs.append)
+    tree = config(tiny_llama_dir(tmp_path / "llama"), corpus, tmp_path / "run", steps=40)
+    tree["method"] = {"name": "lora", "targets": "all-linear"}
+    s = train(validate(tree), log=logs.append)
     assert any("route: decoder-only" in line for line in logs)
-    assert s["final_dev"]["loss"] < 0.5 * s["initial_dev"]["loss"]
+    assert s["final_dev"]["loss"] < 0.8 * s["initial_dev"]["loss"]
     assert s["test"]["chrf"] > s["test_before"]["chrf"]
     assert json.loads((tmp_path / "run" / "test_before.json").read_text()) == s["test_before"]
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "CAUSAL_LM"
+    out = eval_cli(tmp_path / "run", capsys)
+    assert out[-1] == f"BLEU: {s['test']['bleu']:.2f}  chrF: {s['test']['chrf']:.2f}"
 
 
 def test_translation_config_errors():

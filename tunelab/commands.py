@@ -39,6 +39,8 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if info["task"] == "causal_lm":
         return _evaluate_lm(model, tokenizer, cfg, data)
+    if info["task"] == "translation":
+        return _evaluate_translation(model, tokenizer, cfg, info, data)
     if data:
         examples, name = read_like_training(cfg.data, data), data
     else:
@@ -81,6 +83,22 @@ def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
     print(f"{data or 'held-out'}: {stats.kept} examples, {scores['tokens']} supervised tokens")
     print(f"loss: {scores['loss']:.4f}")
     print(f"perplexity: {scores['perplexity']:.4f}")
+    return scores
+
+
+def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -> dict:
+    """BLEU and chrF on the run's test split (data.max_test_examples pairs), or on another
+    directory of {split}.{lang} files with the same split names."""
+    import torch
+
+    from tunelab.tasks.setup import translation_task
+
+    if data:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": data})})
+    task, _ = translation_task(cfg, tokenizer, info["route"] == "seq2seq", lambda _: None)
+    scores, _ = task.test_scores(model, torch.device("cpu"))
+    print(f"{data or cfg.data.path} test: {len(task.test)} pairs")
+    print(f"BLEU: {scores['bleu']:.2f}  chrF: {scores['chrf']:.2f}")
     return scores
 
 

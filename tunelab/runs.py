@@ -16,7 +16,7 @@ from tunelab.atomic import atomic_write
 from tunelab.errors import CheckpointError
 from tunelab.methods import head_modules
 from tunelab.methods.peft_format import load_adapter
-from tunelab.models import load_causal_lm, load_classifier, load_tokenizer, resolve
+from tunelab.models import load_seq2seq, load_causal_lm, load_classifier, load_tokenizer, resolve
 
 RUN_INFO = "run.json"
 ADAPTER_DIR = "adapter"
@@ -46,8 +46,10 @@ def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     base = resolve(info["base_model"])
     tokenizer = load_tokenizer(base)
     full = run_dir / MODEL_DIR if info["artifact"] == MODEL_DIR else None
-    if info["task"] == "causal_lm":
+    if info.get("route", info["task"]) == "causal_lm":  # translation runs have a route
         model = load_causal_lm(base, weights_from=full)
+    elif info.get("route") == "seq2seq":
+        model = load_seq2seq(base, weights_from=full)
     else:
         model = load_classifier(base, info["labels"], weights_from=full,
                                 pad_token_id=tokenizer.pad_token_id)

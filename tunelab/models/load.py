@@ -70,15 +70,21 @@ def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
 
 def load_causal_lm(path: Path, dropout: float | None = None, weights_from: Path | None = None) -> Any:
     """A causal LM (Llama, Qwen, Mistral, GPT-2, ...) in float32; `weights_from` as above."""
-    import torch
     from transformers import AutoModelForCausalLM
+
+    return _load_lm(AutoModelForCausalLM, "a causal LM", path, dropout, weights_from)
+
+
+def _load_lm(auto_class: Any, what: str, path: Path, dropout: float | None,
+             weights_from: Path | None) -> Any:
+    import torch
 
     source = weights_from or path
     config = _config(source, dropout)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(source), config=config, dtype=torch.float32)
+        return auto_class.from_pretrained(str(source), config=config, dtype=torch.float32)
     except Exception as exc:
-        raise ModelError(f"{source}: cannot build a causal LM ({type(exc).__name__}: {exc})") from None
+        raise ModelError(f"{source}: cannot build {what} ({type(exc).__name__}: {exc})") from None
 
 
 def is_encoder_decoder(path: Path) -> bool:
@@ -87,14 +93,7 @@ def is_encoder_decoder(path: Path) -> bool:
 
 
 def load_seq2seq(path: Path, dropout: float | None = None, weights_from: Path | None = None) -> Any:
-    """An encoder-decoder LM in float32; `weights_from` as above."""
-    import torch
+    """An encoder-decoder LM (T5, BART, Marian) in float32; `weights_from` as above."""
     from transformers import AutoModelForSeq2SeqLM
 
-    source = weights_from or path
-    config = _config(source, dropout)
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(str(source), config=config, dtype=torch.float32)
-    except Exception as exc:
-        raise ModelError(f"{source}: cannot build an encoder-decoder LM ({type(exc).__name__}: "
-                         f"{exc})") from None
+    return _load_lm(AutoModelForSeq2SeqLM, "an encoder-decoder LM", path, dropout, weights_from)

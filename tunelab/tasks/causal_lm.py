@@ -11,6 +11,7 @@ import json
 import math
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,24 @@ def additive_mask(allowed: torch.Tensor, model: nn.Module) -> torch.Tensor:
         ~allowed, torch.finfo(dtype).min)
 
 
+@torch.no_grad()
+def token_loss(task: Any, model: nn.Module, data: Any, collate: Callable[[list[int]], dict],
+               batch_size: int, device: torch.device, autocast: torch.autocast | None
+               ) -> dict[str, float]:
+    """Held-out loss per trained token (task.loss_sum / task.units) and its perplexity."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
+        batch = {k: v.to(device) for k, v in collate(index).items()}
+        with autocast or nullcontext():
+            total += task.loss_sum(model, batch).item()
+        n += task.units(data, index)
+    model.train(was_training)
+    loss = total / max(n, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+
+
 class CausalLMTask:
     name = "causal_lm"
     default_metric = "loss"
@@ -97,20 +116,10 @@ class CausalLMTask:
         logits = head(hidden[:, :-1][keep])  # (N, V), N supervised
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: LMEncoded, batch_size: int, device: torch.device,
                  autocast: torch.autocast | None = None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        total, n = 0.0, 0
-        for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
-            batch = {k: v.to(device) for k, v in pad_batch(data, index, self.pad_id).items()}
-            with autocast or nullcontext():
-                total += self.loss_sum(model, batch).item()
-            n += self.units(data, index)
-        model.train(was_training)
-        loss = total / max(n, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+        return token_loss(self, model, data, lambda index: pad_batch(data, index, self.pad_id),
+                          batch_size, device, autocast)
 
     @torch.no_grad()
     def write_samples(self, model: nn.Module, data: LMEncoded, step: int, run_dir: Path,

@@ -122,8 +122,9 @@ def _blocks(cfg: CausalLMRun, tokenizer, log: Callable[[str], None]):
     return train, dev, {"block_stats": vars(stats)}
 
 
-def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
-    """Decoder-only models learn translation as a chat turn; encoder-decoder models directly."""
+def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
+                     ) -> tuple[Any, dict[str, list]]:
+    """The task (holding the test pairs it scores) and the pairs of every split."""
     d = cfg.data
     root = corpus_dir(d.path)
     names = CATALOG_SPLITS.get(d.path.strip().lower(), {"train": "train", "dev": "dev",
@@ -137,27 +138,34 @@ def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
              "target_name": language_name(d.target_lang)}
     log(f"data: {root} {d.source_lang}->{d.target_lang}: " + ", ".join(
         f"{len(pairs[k])} {k} ({split[k]})" for k in split) + " pairs")
+    if seq2seq:
+        return Seq2SeqTranslationTask(tokenizer, cfg.model.max_length,
+                                      lambda src: d.seq2seq_prefix.format(**langs) + src,
+                                      pairs["test"], cfg.generation), pairs
+    renderer = Renderer(tokenizer, "assistant", cfg.model.max_length, "right", True)
+    return DecoderTranslationTask(tokenizer, renderer,
+                                  lambda src: d.prompt.format(source=src, **langs),
+                                  pairs["test"], cfg.generation, cfg.train.loss_chunk_size), pairs
+
+
+def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
+    """Decoder-only models learn translation as a chat turn; encoder-decoder models directly."""
     model_path = resolve(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
-    if is_encoder_decoder(model_path):
-        task: Any = Seq2SeqTranslationTask(
-            tokenizer, cfg.model.max_length,
-            lambda src: d.seq2seq_prefix.format(**langs) + src, pairs["test"], cfg.generation)
+    seq2seq = is_encoder_decoder(model_path)
+    task, pairs = translation_task(cfg, tokenizer, seq2seq, log)
+    if seq2seq:
         train, dev = task.encode(pairs["train"]), task.encode(pairs["dev"])
         model = load_seq2seq(model_path, cfg.model.dropout)
         log("route: encoder-decoder (source in, target as labels)")
     else:
-        renderer = Renderer(tokenizer, "assistant", cfg.model.max_length, "right", True)
-        task = DecoderTranslationTask(tokenizer, renderer,
-                                      lambda src: d.prompt.format(source=src, **langs),
-                                      pairs["test"], cfg.generation, cfg.train.loss_chunk_size)
-        train, stats = renderer.encode(task.records(pairs["train"]))
-        dev, _ = renderer.encode(task.records(pairs["dev"]))
+        train, stats = task.renderer.encode(task.records(pairs["train"]))
+        dev, _ = task.renderer.encode(task.records(pairs["dev"]))
         model = load_causal_lm(model_path, cfg.model.dropout)
         log(f"route: decoder-only, a chat turn per pair (loss on the target); "
             f"{stats.lines()[1]}")
     return Setup(model, tokenizer, task, train, dev, model_path,
-                 {"source_lang": d.source_lang, "target_lang": d.target_lang})
+                 {"route": "seq2seq" if seq2seq else "causal_lm"})
 
 
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {

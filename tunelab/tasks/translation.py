@@ -11,8 +11,6 @@ after training, by generation with the run's settings (beams, max new tokens).
 
 from __future__ import annotations
 
-import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.data.batching import plan_batches
 from tunelab.data.parallel import Pair
 from tunelab.data.render import IGNORE, Renderer
 from tunelab.data.sft import Conversation
-from tunelab.tasks.causal_lm import CausalLMTask
+from tunelab.tasks.causal_lm import CausalLMTask, token_loss
 
 
 def translation_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
@@ -149,20 +146,10 @@ class Seq2SeqTranslationTask(Translating):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
                                ignore_index=IGNORE, reduction="sum")
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, data: Seq2SeqEncoded, batch_size: int,
                  device: torch.device, autocast: torch.autocast | None = None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        total, n = 0.0, 0
-        for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
-            batch = {k: v.to(device) for k, v in self.collate(data, index).items()}
-            with autocast or nullcontext():
-                total += self.loss_sum(model, batch).item()
-            n += self.units(data, index)
-        model.train(was_training)
-        loss = total / max(n, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
+        return token_loss(self, model, data, lambda index: self.collate(data, index), batch_size,
+                          device, autocast)
 
     def generate_batch(self, model: nn.Module, sources: list[str], device: torch.device
                        ) -> list[str]:

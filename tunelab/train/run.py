@@ -157,7 +157,7 @@ def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: 
                    state: dict[str, torch.Tensor] | None) -> Path:
     if adapter:
         return save_adapter(s.model, cfg.method, report.head, str(s.model_path),
-                            run_dir / ADAPTER_DIR, task=cfg.task)
+                            run_dir / ADAPTER_DIR, task=s.info.get("route", cfg.task))
     out = run_dir / MODEL_DIR
     s.model.save_pretrained(out, state_dict=state)  # state: given under FSDP
     s.tokenizer.save_pretrained(out)
