@@ -71,7 +71,7 @@ def tiny_t5_dir(root):
 def config(model, corpus, out, method="full", steps=60, lr=1e-2, schedule="linear"):
     return {"task": "translation", "model": {"name": str(model), "max_length": 32},
             "data": {"path": str(corpus), "max_dev_examples": 4, "max_test_examples": 4},
-            "generation": {"max_new_tokens": 12, "batch_size": 2},
+            "generation": {"max_new_tokens": 40, "batch_size": 2},
             "method": {"name": method},
             "train": {"batch_size": 4, "lr": lr, "max_steps": steps, "warmup_ratio": 0.0,
                       "eval_every": steps, "schedule": schedule},
@@ -81,11 +81,11 @@ def config(model, corpus, out, method="full", steps=60, lr=1e-2, schedule="linea
 def test_tiny_t5_overfits_a_few_pairs(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c")
     logs: list[str] = []
-    s = train(validate(config(tiny_t5_dir(tmp_path / "t5"), corpus, tmp_path / "run", steps=80,
+    s = train(validate(config(tiny_t5_dir(tmp_path / "t5"), corpus, tmp_path / "run", steps=150,
                               lr=1e-2)), log=logs.append)
     assert any("route: encoder-decoder" in line for line in logs)
     assert s["final_dev"]["loss"] < 0.2 * s["initial_dev"]["loss"]
-    assert s["test_before"]["bleu"] < 5.0 and s["test"]["chrf"] > s["test_before"]["chrf"] + 25
+    assert s["test_before"]["bleu"] < 5.0 and s["test"]["chrf"] > 75.0
     rows = [json.loads(x) for x in (tmp_path / "run" / "test_translations.jsonl").read_text().splitlines()]
     assert [r["reference"] for r in rows] == [t for _, t in PAIRS]
     assert sum(r["hypothesis"] == r["reference"] for r in rows) >= 2
@@ -102,18 +102,17 @@ def eval_cli(run, capsys) -> list[str]:
     return capsys.readouterr().out.splitlines()
 
 
-def test_decoder_route_with_lora_scores_before_and_after_and_evaluates(tmp_path, capsys):
+def test_decoder_route_scores_before_and_after_and_evaluates(tmp_path, capsys):
     corpus = write_corpus(tmp_path / "c")
     logs: list[str] = []
     tree = config(tiny_llama_dir(tmp_path / "llama"), corpus, tmp_path / "run", steps=40)
-    tree["method"] = {"name": "lora", "targets": "all-linear"}
+    tree["generation"]["max_new_tokens"] = 16
+    tree["model"]["max_length"] = 96  # the chat prompt alone is ~40 tiny-BPE tokens
     s = train(validate(tree), log=logs.append)
     assert any("route: decoder-only" in line for line in logs)
-    assert s["final_dev"]["loss"] < 0.8 * s["initial_dev"]["loss"]
+    assert s["final_dev"]["loss"] < 0.5 * s["initial_dev"]["loss"]
     assert s["test"]["chrf"] > s["test_before"]["chrf"]
     assert json.loads((tmp_path / "run" / "test_before.json").read_text()) == s["test_before"]
-    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
-    assert adapter["task_type"] == "CAUSAL_LM"
     out = eval_cli(tmp_path / "run", capsys)
     assert out[-1] == f"BLEU: {s['test']['bleu']:.2f}  chrF: {s['test']['chrf']:.2f}"
 
