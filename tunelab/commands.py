@@ -22,8 +22,15 @@ def show_config(cfg: RunConfig) -> str:
 
 
 def info(cfg: RunConfig) -> None:
-    splits = load_splits(cfg.data)
-    model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
+    if cfg.task == "token_classification":
+        from tunelab.data.conll import load_conll_splits
+        from tunelab.models import load_token_classifier
+
+        tags = load_conll_splits(cfg.data).tags
+        model = load_token_classifier(resolve(cfg.model.name), tags, cfg.model.dropout)
+    else:
+        splits = load_splits(cfg.data)
+        model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
     for line in methods.apply(model, cfg.method).lines(max_names=50):
         print(line)
 
@@ -39,6 +46,10 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if info["task"] == "causal_lm":
         return _evaluate_lm(model, tokenizer, cfg, data)
+    if info["task"] == "token_classification":
+        from tunelab import ner_commands
+
+        return ner_commands.evaluate(run_dir, model, tokenizer, info, data, split)
     if data:
         examples, name = read_like_training(cfg.data, data), data
     else:
@@ -84,7 +95,7 @@ def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
     return scores
 
 
-def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[str, float]]:
+def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
     import torch
 
     if file is not None:
@@ -94,6 +105,10 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[st
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
     model, tokenizer, info = load_trained(run_dir)
+    if info["task"] == "token_classification":
+        from tunelab import ner_commands
+
+        return ner_commands.predict(model, tokenizer, info, texts)
     if info["task"] != "classification":
         raise DataError(f"predict: {run_dir} is a {info['task']} run; use `tunelab generate`")
     pairs = None
@@ -117,10 +132,13 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[st
 
 
 def merge(run_dir: Path, out: Path) -> Path:
-    model, tokenizer, _ = load_trained(run_dir)
+    model, tokenizer, info = load_trained(run_dir)
     n = merge_layers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    auto = {"causal_lm": "AutoModelForCausalLM",
+            "token_classification": "AutoModelForTokenClassification"}.get(
+        info["task"], "AutoModelForSequenceClassification")
     print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
-          "transformers.AutoModelForSequenceClassification.from_pretrained)")
+          f"transformers.{auto}.from_pretrained)")
     return out

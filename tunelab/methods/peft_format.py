@@ -25,7 +25,8 @@ from tunelab.methods.lora import LoraConfig, LoraLinear, LoraMethod, lora_layers
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM"}
+TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM",
+              "token_classification": "TOKEN_CLS"}
 # PEFT config keys we cannot honour yet, with the value that means "not used".
 _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
                 "exclude_modules": None, "lora_bias": False,
