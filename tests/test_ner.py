@@ -415,3 +415,31 @@ def test_peft_token_classification_adapter_loads_in_tunelab(tiny_model_dir, tmp_
     texts = ["anna jones met peter"]
     assert torch.allclose(run_logits(ours.eval(), tok, texts), run_logits(theirs.eval(), tok, texts),
                           atol=1e-5)
+
+
+def test_info_and_label_all_subtokens_run(tiny_model_dir, ner_files, tmp_path, capsys):
+    import yaml
+
+    tree = ner_config(tiny_model_dir, ner_files, tmp_path / "run",
+                      {"name": "lora", "r": 4, "alpha": 8, "targets": ["query"]}, max_steps=4,
+                      eval_every=None)
+    path = write(tmp_path / "c.yaml", yaml.safe_dump(tree))
+    assert main(["info", str(path)]) == 0
+    # 2 layers x r=4 x (32 in + 32 out) LoRA params + the 7-tag head 32*7+7
+    assert "trainable parameters: 743 / " in capsys.readouterr().out
+    logs: list[str] = []
+    tree["data"]["label_all_subtokens"] = True
+    summary = train(validate(tree), log=logs.append)
+    assert any(line.endswith("loss on every sub-token (B-X continues as I-X)") for line in logs)
+    assert "f1" in summary["final_dev"] and "token_accuracy" in summary["final_dev"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["label_all_subtokens"] is True
+
+
+def test_eval_on_a_file_with_an_unknown_type_names_its_line(trained_ner, tmp_path, capsys):
+    other = write(tmp_path / "o.txt", "Paris NN I-NP B-LOC\n\nBonn NN I-NP B-GPE\n")
+    assert main(["eval", str(trained_ner), "--data", str(other)]) == 2
+    assert capsys.readouterr().err == (f"error: {other}:3: entity type 'GPE' does not occur in the "
+                                       "training data (types: LOC, ORG, PER)\n")
+    good = write(tmp_path / "g.txt", "Anna NN I-NP B-PER\nmet NN I-NP O\nParis NN I-NP B-LOC\n")
+    assert main(["eval", str(trained_ner), "--data", str(good)]) == 0
+    assert capsys.readouterr().out.startswith(f"{good}: 1 sentences, 3 words, 2 entities\n")

@@ -49,7 +49,7 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
     if info["task"] == "token_classification":
         from tunelab import ner_commands
 
-        return ner_commands.evaluate(run_dir, model, tokenizer, info, data, split)
+        return ner_commands.evaluate(cfg, model, tokenizer, info, data, split)
     if data:
         examples, name = read_like_training(cfg.data, data), data
     else:

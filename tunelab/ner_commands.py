@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from tunelab.config import TokenClassificationRun, validate
+from tunelab.config import RunConfig, TokenClassificationRun
 from tunelab.data.conll import Sentence, check_types, load_conll_splits, read_like_training
 from tunelab.errors import CheckpointError, DataError
 from tunelab.tasks.token_classification import (Entity, TokenClassificationTask, entities,
@@ -20,13 +18,12 @@ def task_for(tokenizer, info: dict[str, Any]) -> TokenClassificationTask:
                                    info.get("label_all_subtokens", False))
 
 
-def evaluate(run_dir: Path, model, tokenizer, info: dict[str, Any], data: str | None,
+def evaluate(cfg: RunConfig, model, tokenizer, info: dict[str, Any], data: str | None,
              split: str) -> dict:
     """Entity-level P/R/F1 per type and overall, and token accuracy, on dev, test or a file."""
-    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if not isinstance(cfg, TokenClassificationRun):
-        raise CheckpointError(f"{run_dir}: run.json says token_classification but config.yaml "
-                              f"is a {cfg.task} config; the run directory was edited")
+        raise CheckpointError(f"run.json says token_classification but config.yaml is a "
+                              f"{cfg.task} config; was the run directory edited?")
     if data:
         sentences, name = read_like_training(cfg.data, data), data
         check_types(sentences, info["labels"])
