@@ -139,7 +139,9 @@ def table(args, results: dict) -> str:
              "(DataCollatorForTokenClassification, no length grouping). Test scores: all 3,453 "
              "CoNLL-2003 test sentences, per-word predictions from the first sub-token, entity-"
              "level micro P/R/F1 by seqeval (conlleval rules), computed by the same code for both. "
-             "Real tokens exclude padding; train time counts the optimizer steps only.", "",
+             "Real tokens exclude padding; train time counts the optimizer steps only."
+             + (f" OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} for both runs."
+                if os.environ.get("OMP_NUM_THREADS") else ""), "",
              "| run | test entity F1 | P | R | token accuracy | F1 PER / LOC / ORG / MISC | "
              "real tokens/s | vs reference | train time (s) | wall (s) | peak RSS (MB) | "
              "trainable params |",

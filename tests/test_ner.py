@@ -12,13 +12,14 @@ import torch
 from ner_fixtures import ner_config, toy_ner_files
 from tunelab.cli import main
 from tunelab.config import ConllDataConfig, load_config, validate
-from tunelab.data.conll import load_conll_splits, read_conll, tag_set, to_iob2
+from tunelab.data.conll import Sentence, load_conll_splits, read_conll, tag_set, to_iob2
 from tunelab.data.subwords import IGNORE, encode_words, subtoken_labels, word_predictions
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.metrics import ner_metrics
 from tunelab.methods import METHODS
 from tunelab.models import load_tokenizer, resolve
 from tunelab.runs import load_trained
+from tunelab.tasks.token_classification import TokenClassificationTask
 from tunelab.train.run import train
 
 
@@ -220,6 +221,17 @@ def test_alignment_golden_first_and_all_subtokens(minilm_tokenizer):
     assert every.trained == [9]
 
 
+def test_loss_weighs_every_labelled_subtoken_the_same_across_batches(minilm_tokenizer):
+    """A step's loss sum is divided by its sentences x the mean labelled sub-tokens per
+    sentence, not by its own count: length-bucketed batches of short sentences must not
+    outweigh long ones."""
+    task = TokenClassificationTask(list(TAG_IDS), 64, 0, False)
+    sents = [Sentence(tuple(WORDS), tuple(TAGS), "x", 1), Sentence(("Kerkrade",), ("B-LOC",), "x", 9)]
+    data = task.encode(minilm_tokenizer, sents)
+    assert data.trained == [5, 1] and data.mean_trained == 3.0
+    assert task.units(data, [1]) == 3.0 and task.units(data, [0, 1]) == 6.0
+
+
 def test_alignment_back_to_words_uses_the_first_subtoken(minilm_tokenizer):
     enc = encode_words(minilm_tokenizer, [WORDS], [TAGS], TAG_IDS, 64, label_all=False)
     # predictions on later sub-tokens (and on [CLS]/[SEP]) are ignored
@@ -354,12 +366,10 @@ def test_every_method_trains_the_head_and_saves_a_loadable_run(method, tiny_mode
     assert "task head (trains fully): classifier" in logs
     model, tok, info = load_trained(tmp_path / "run")
     assert info["task"] == "token_classification"
-    from tunelab.data.conll import load_conll_splits as splits_of
-    from tunelab.tasks.token_classification import TokenClassificationTask
-
     cfg = validate(tree)
     task = TokenClassificationTask(info["labels"], 32, tok.pad_token_id, False)
-    scores = task.evaluate(model, task.encode(tok, splits_of(cfg.data).dev), 64, torch.device("cpu"))
+    scores = task.evaluate(model, task.encode(tok, load_conll_splits(cfg.data).dev), 64,
+                           torch.device("cpu"))
     assert scores["f1"] == pytest.approx(summary["final_dev"]["f1"], abs=1e-6)
     assert scores["loss"] == pytest.approx(summary["final_dev"]["loss"], abs=1e-5)
 

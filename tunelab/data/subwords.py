@@ -58,8 +58,9 @@ class TokenEncoded:
     labels: list[list[int]]  # per sub-token; IGNORE where the loss skips
     word_ids: list[list[int | None]]
     gold: list[list[str]]  # per word IOB2 tags: what predictions are scored against
-    trained: list[int]  # labelled sub-tokens per example (the loss's denominator)
+    trained: list[int]  # labelled sub-tokens per example
     lost_words: int  # words with no sub-token (beyond max_length or dropped): predicted O
+    mean_trained: float  # labelled sub-tokens per example, on average
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -86,7 +87,7 @@ def encode_words(tokenizer, words: list[list[str]], tags: list[list[str]], tag_i
         trained.append(sum(1 for y in row if y != IGNORE))
         lost += len(sent_tags) - len({w for w in wid if w is not None})
     return TokenEncoded(out["input_ids"], out.get("token_type_ids"), labels, word_ids,
-                        [list(t) for t in tags], trained, lost)
+                        [list(t) for t in tags], trained, lost, sum(trained) / max(len(trained), 1))
 
 
 def collate_tokens(data: TokenEncoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
