@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/sft_vs_trl.py
+	$(BIN)/python bench/ner_vs_peft.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -156,8 +156,10 @@ def table(args, results: dict) -> str:
                      f"{r['wall']:.0f} | {r['peak_rss_mb']:.0f} | {r['trainable']:,} |")
     diff = 100 * (results["tunelab"]["f1"] - ref["f1"])
     lines += ["", f"tunelab's test entity F1 minus the reference's: {diff:+.2f} points.", "",
-              "Command: `python bench/ner_vs_peft.py" + (f" --examples {args.examples}"
-                                                        if args.examples else "") + "`."]
+              "Command: `" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
+                              if os.environ.get("OMP_NUM_THREADS") else "")
+              + "python bench/ner_vs_peft.py" + (f" --examples {args.examples}"
+                                                 if args.examples else "") + "`."]
     return "\n".join(lines) + "\n"
 
 
