@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/classify_vs_peft.py
 	$(BIN)/python bench/sft_vs_trl.py
+	$(BIN)/python bench/ner_vs_peft.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

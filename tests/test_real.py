@@ -1,6 +1,8 @@
-"""Real model (packaged all-MiniLM-L6-v2) on real data (SST-2 in ../shared/data)."""
+"""Real model (packaged all-MiniLM-L6-v2) on real data (SST-2, CoNLL-2003 in ../shared/data)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -73,3 +75,36 @@ def test_lora_sft_on_smollm2_lowers_held_out_loss(tmp_path, monkeypatch):
     summary = train(cfg, log=lambda _: None)
     before, after = summary["initial_dev"]["loss"], summary["final_dev"]["loss"]
     assert after < before - 0.02, (before, after)
+
+
+def test_lora_on_minilm_learns_conll2003_ner_and_loads_in_peft(tmp_path, monkeypatch):
+    """Real MiniLM on a seeded 960-sentence CoNLL-2003 sample: entity F1 on 300 dev sentences
+    rises far above the untrained head's (~0.02); ~0.49 after 60 steps here."""
+    data = real_data_dir()
+    if not (data / "conll2003" / "train.txt").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CoNLL-2003 not found in {data} (CI=true: this must not be skipped)")
+        pytest.skip(f"CoNLL-2003 not found in {data}")
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(data))
+    cfg = load_config(None, [
+        "task=token_classification", "data.train=conll2003", "data.max_train_examples=960",
+        "data.max_eval_examples=300", "model.max_length=64", "method.name=lora", "method.r=16",
+        "method.alpha=32", "method.targets=all-linear", "train.lr=2e-3", "train.batch_size=16",
+        "train.max_steps=60", "train.eval_every=60", f"output_dir={tmp_path / 'ner'}"])
+    summary = train(cfg, log=lambda _: None)
+    before, after = summary["initial_dev"]["f1"], summary["final_dev"]["f1"]
+    assert before < 0.1 and after >= 0.3 and after > before + 0.25, (before, after)
+    assert summary["final_dev"]["token_accuracy"] > 0.85
+
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification
+
+    ours, tok, info = load_trained(tmp_path / "ner")
+    base = AutoModelForTokenClassification.from_pretrained(info["base_model"],
+                                                           num_labels=len(info["labels"]))
+    theirs = PeftModel.from_pretrained(base, tmp_path / "ner" / "adapter").eval()
+    enc = tok(["EU rejects German call to boycott British lamb .", "Peter Blackburn"],
+              padding=True, return_tensors="pt")
+    with torch.no_grad():
+        diff = (ours(**enc).logits - theirs(**enc).logits).abs().max().item()
+    assert diff < 1e-4

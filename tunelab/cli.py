@@ -31,12 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("config")
     i.add_argument("overrides", nargs="*")
 
-    e = sub.add_parser("eval", help="accuracy, macro-F1 and confusion matrix of a trained run")
+    e = sub.add_parser("eval", help="score a trained run: accuracy, macro-F1 and confusion "
+                                    "matrix; entity P/R/F1 per type for token classification")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
     e.add_argument("--split", choices=["dev", "test"], default="dev")
 
-    pr = sub.add_parser("predict", help="label and probability for texts")
+    pr = sub.add_parser("predict", help="label and probability per text; the entities with "
+                                        "their character spans for token classification")
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("texts", nargs="*")
     pr.add_argument("--file", type=Path, help="one text per line")

@@ -22,8 +22,15 @@ def show_config(cfg: RunConfig) -> str:
 
 
 def info(cfg: RunConfig) -> None:
-    splits = load_splits(cfg.data)
-    model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
+    if cfg.task == "token_classification":
+        from tunelab.data.conll import load_conll_splits
+        from tunelab.models import load_token_classifier
+
+        tags = load_conll_splits(cfg.data).tags
+        model = load_token_classifier(resolve(cfg.model.name), tags, cfg.model.dropout)
+    else:
+        splits = load_splits(cfg.data)
+        model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
     for line in methods.apply(model, cfg.method).lines(max_names=50):
         print(line)
 
@@ -41,6 +48,10 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
         return _evaluate_lm(model, tokenizer, cfg, data)
     if info["task"] == "translation":
         return _evaluate_translation(model, tokenizer, cfg, info, data)
+    if info["task"] == "token_classification":
+        from tunelab import ner_commands
+
+        return ner_commands.evaluate(cfg, model, tokenizer, info, data, split)
     if data:
         examples, name = read_like_training(cfg.data, data), data
     else:
@@ -102,7 +113,7 @@ def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -
     return scores
 
 
-def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[str, float]]:
+def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
     import torch
 
     if file is not None:
@@ -112,6 +123,10 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[st
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
     model, tokenizer, info = load_trained(run_dir)
+    if info["task"] == "token_classification":
+        from tunelab import ner_commands
+
+        return ner_commands.predict(model, tokenizer, info, texts)
     if info["task"] != "classification":
         raise DataError(f"predict: {run_dir} is a {info['task']} run; use `tunelab generate`")
     pairs = None
@@ -135,10 +150,13 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list[tuple[st
 
 
 def merge(run_dir: Path, out: Path) -> Path:
-    model, tokenizer, _ = load_trained(run_dir)
+    model, tokenizer, info = load_trained(run_dir)
     n = merge_layers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    auto = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
+            "token_classification": "AutoModelForTokenClassification"}.get(
+        info.get("route", info["task"]), "AutoModelForSequenceClassification")
     print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
-          "transformers.AutoModelForSequenceClassification.from_pretrained)")
+          f"transformers.{auto}.from_pretrained)")
     return out

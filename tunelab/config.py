@@ -81,7 +81,8 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(None, ge=1)  # steps; the run always evaluates at the end
     eval_at_start: bool = True  # score the untrained model first (step 0), the baseline
     eval_batch_size: int = Field(64, ge=1)
-    metric: Literal["accuracy", "macro_f1", "loss"] | None = None  # None: the task's default
+    # None: the task's default; accuracy/macro_f1 classify, f1/token_accuracy tag tokens
+    metric: Literal["accuracy", "macro_f1", "f1", "token_accuracy", "loss"] | None = None
     early_stopping: EarlyStopping | None = None
     load_best_at_end: bool = True
     checkpoint_every: int | None = Field(200, ge=1)
@@ -112,6 +113,29 @@ class SftDataConfig(StrictModel):
     max_examples: int | None = Field(None, ge=1)  # train on the first N (after the split)
     samples: int = Field(3, ge=0)  # held-out prompts generated at each evaluation
     sample_tokens: int = Field(64, ge=1)
+
+
+class ConllDataConfig(StrictModel):
+    """Word-level tagged data in CoNLL columns for token classification (NER)."""
+
+    train: str  # a catalog name (conll2003) or a CoNLL file path
+    dev: str | None = None
+    test: str | None = None
+    token_column: int = Field(0, ge=0)  # 0-based column holding the word
+    tag_column: int = Field(-1, ge=-1)  # 0-based column holding the tag; -1: the last one
+    scheme: Literal["iob1", "iob2", "bioes"] = "iob2"  # the files' tagging; IOB2 internally
+    label_all_subtokens: bool = False  # False: only a word's first sub-token trains
+    dev_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # used only when no dev file exists
+    split_seed: int = 0
+    max_train_examples: int | None = Field(None, ge=1)  # sentences
+    max_eval_examples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> "ConllDataConfig":
+        if self.token_column == self.tag_column:
+            raise ValueError(f"token_column and tag_column are both {self.tag_column}; the words "
+                             "and the tags must come from different columns")
+        return self
 
 
 class _RunBase(StrictModel):
@@ -152,6 +176,33 @@ class ClassificationRun(_RunBase):
         if self.train.loss_chunk_size is not None:
             raise ValueError("train.loss_chunk_size: only causal_lm runs have a vocabulary-sized "
                              "output layer to chunk; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits(self) -> "ClassificationRun":
+        if self.train.metric in ("f1", "token_accuracy"):
+            raise ValueError(f"train.metric: {self.train.metric} scores token classification; "
+                             "classification runs use accuracy, macro_f1 or loss")
+        return self
+
+
+class TokenClassificationRun(_RunBase):
+    task: Literal["token_classification"] = "token_classification"
+    data: ConllDataConfig
+
+    @model_validator(mode="after")
+    def _no_loss_chunks(self) -> "TokenClassificationRun":
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm and translation runs have a "
+                             "vocabulary-sized output layer to chunk; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits(self) -> "TokenClassificationRun":
+        if self.train.metric in ("accuracy", "macro_f1"):
+            raise ValueError(f"train.metric: {self.train.metric} scores sequence classification; "
+                             "token_classification runs use f1 (entity-level), token_accuracy "
+                             "or loss")
         return self
 
 
@@ -211,11 +262,11 @@ class TranslationRun(_RunBase):
         return self
 
 
-RunConfig = ClassificationRun | CausalLMRun | TranslationRun
-RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TranslationRun],
-                       Field(discriminator="task")]
+RunConfig = ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun
+RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassificationRun,
+                             TranslationRun], Field(discriminator="task")]
 _ADAPTER = TypeAdapter(RUN_CONFIG)
-TASKS = ("classification", "causal_lm", "translation")
+TASKS = ("classification", "causal_lm", "token_classification", "translation")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -299,6 +350,8 @@ def _describe(err: dict[str, Any]) -> str:
     loc = _walk(raw_loc)[0]
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
+    if not loc and kind == "value_error":  # a cross-field check: its message names the keys
+        return err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
         known = _fields_at(raw_loc)
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)

@@ -6,7 +6,7 @@ import sys
 from collections import Counter
 from itertools import groupby
 
-from tunelab.config import CausalLMRun, ClassificationRun, RunConfig
+from tunelab.config import CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun
 from tunelab.data import load_splits
 from tunelab.data.render import IGNORE, histogram
 from tunelab.models import load_tokenizer, resolve
@@ -30,6 +30,10 @@ def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
     colour = sys.stdout.isatty() if colour is None else colour
     if isinstance(cfg, ClassificationRun):
         return _classification(cfg)
+    if isinstance(cfg, TokenClassificationRun):
+        from tunelab.inspect_tags import inspect_tags
+
+        return inspect_tags(cfg, n, colour)
     assert isinstance(cfg, CausalLMRun)
     records, held = split_records(cfg)
     tokenizer = load_tokenizer(resolve(cfg.model.name))

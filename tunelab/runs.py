@@ -16,7 +16,8 @@ from tunelab.atomic import atomic_write
 from tunelab.errors import CheckpointError
 from tunelab.methods import head_modules
 from tunelab.methods.peft_format import load_adapter
-from tunelab.models import load_seq2seq, load_causal_lm, load_classifier, load_tokenizer, resolve
+from tunelab.models import (load_causal_lm, load_classifier, load_seq2seq, load_token_classifier,
+                            load_tokenizer, resolve)
 
 RUN_INFO = "run.json"
 ADAPTER_DIR = "adapter"
@@ -51,8 +52,8 @@ def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     elif info.get("route") == "seq2seq":
         model = load_seq2seq(base, weights_from=full)
     else:
-        model = load_classifier(base, info["labels"], weights_from=full,
-                                pad_token_id=tokenizer.pad_token_id)
+        load = load_token_classifier if info["task"] == "token_classification" else load_classifier
+        model = load(base, info["labels"], weights_from=full, pad_token_id=tokenizer.pad_token_id)
     if full is None:
         load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
     model.eval()

@@ -1,4 +1,5 @@
-"""Classification metrics (scikit-learn): accuracy, macro-F1, confusion matrix."""
+"""Classification metrics (scikit-learn): accuracy, macro-F1, confusion matrix; entity-level
+NER metrics (seqeval)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,24 @@ def format_confusion(matrix: list[list[int]], labels: list[str]) -> str:
     return "\n".join([head, "-" * len(head)] + rows)
 
 
+def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
+    """Entity-level precision / recall / F1 (micro over entities, and per type) by seqeval in
+    its default mode (the conlleval rules: an I-X after O opens an entity), plus token
+    accuracy over words. Tags are IOB2 strings, one list per sentence."""
+    from seqeval.metrics import (accuracy_score, classification_report, f1_score,
+                                 precision_score, recall_score)
+
+    tagged = any(t != "O" for rows in (gold, pred) for row in rows for t in row)
+    report = classification_report(gold, pred, output_dict=True, zero_division=0) if tagged else {}
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                    "f1": float(v["f1-score"]), "support": int(v["support"])}
+                for k, v in report.items() if not k.endswith(" avg")}
+    return {"f1": float(f1_score(gold, pred, zero_division=0)),
+            "precision": float(precision_score(gold, pred, zero_division=0)),
+            "recall": float(recall_score(gold, pred, zero_division=0)),
+            "token_accuracy": float(accuracy_score(gold, pred)), "per_type": per_type}
+
+
 # Metrics where larger is better; the loss is the exception.
-HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "loss": False}
+HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "f1": True, "token_accuracy": True,
+                    "loss": False}

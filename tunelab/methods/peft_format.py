@@ -30,7 +30,12 @@ from tunelab.schema import StrictModel
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = PEFT_PREFIX
-TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
+TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM",
+              "token_classification": "TOKEN_CLS"}
+# PEFT config keys we cannot honour yet, with the value that means "not used".
+_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+                "exclude_modules": None, "lora_bias": False,
+                "bias": "none", "use_dora": None}
 
 
 def adapter_methods() -> list[type[AdapterMethod]]:

@@ -1,8 +1,8 @@
 """Models: resolve a name to a local directory and build the task model and tokenizer."""
 
 from tunelab.models.load import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
-                                 load_tokenizer)
+                                 load_token_classifier, load_tokenizer)
 from tunelab.models.resolve import PACKAGED, resolve
 
-__all__ = ["PACKAGED", "resolve", "load_classifier", "load_causal_lm", "load_seq2seq",
-           "load_tokenizer", "is_encoder_decoder"]
+__all__ = ["PACKAGED", "resolve", "load_classifier", "load_token_classifier", "load_causal_lm",
+           "load_seq2seq", "load_tokenizer", "is_encoder_decoder"]

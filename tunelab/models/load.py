@@ -54,6 +54,23 @@ def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
     """
     from transformers import AutoModelForSequenceClassification
 
+    return _labelled_model(AutoModelForSequenceClassification, "a sequence classifier", path,
+                           labels, dropout, weights_from, pad_token_id)
+
+
+def load_token_classifier(path: Path, labels: list[str], dropout: float | None = None,
+                          weights_from: Path | None = None, pad_token_id: int | None = None) -> Any:
+    """A token-classification model (one label per sub-token) with len(labels) outputs;
+    id2label/label2id are set, so transformers and peft read the saved run's tags."""
+    from transformers import AutoModelForTokenClassification
+
+    return _labelled_model(AutoModelForTokenClassification, "a token classifier", path, labels,
+                           dropout, weights_from, pad_token_id)
+
+
+def _labelled_model(auto_cls: Any, what: str, path: Path, labels: list[str],
+                    dropout: float | None, weights_from: Path | None,
+                    pad_token_id: int | None) -> Any:
     source = weights_from or path
     config = _config(source, dropout)
     config.num_labels = len(labels)
@@ -62,10 +79,9 @@ def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id  # decoders find the last real token by this id
     try:
-        return AutoModelForSequenceClassification.from_pretrained(str(source), config=config)
+        return auto_cls.from_pretrained(str(source), config=config)
     except Exception as exc:
-        raise ModelError(f"{source}: cannot build a sequence classifier ({type(exc).__name__}: "
-                         f"{exc})") from None
+        raise ModelError(f"{source}: cannot build {what} ({type(exc).__name__}: {exc})") from None
 
 
 def load_causal_lm(path: Path, dropout: float | None = None, weights_from: Path | None = None) -> Any:

@@ -10,17 +10,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.config import CausalLMRun, ClassificationRun, RunConfig, TranslationRun
+from tunelab.config import (CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun,
+                            TranslationRun)
 from tunelab.data import load_splits
 from tunelab.data.blocks import encode_blocks, held_out_blocks
+from tunelab.data.conll import load_conll_splits
 from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, read_parallel
 from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
 from tunelab.errors import DataError
 from tunelab.models import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
-                            load_tokenizer, resolve)
+                            load_token_classifier, load_tokenizer, resolve)
 from tunelab.tasks.causal_lm import CausalLMTask
 from tunelab.tasks.classification import ClassificationTask
+from tunelab.tasks.token_classification import TokenClassificationTask
 from tunelab.tasks.translation import DecoderTranslationTask, Seq2SeqTranslationTask
 
 
@@ -168,8 +171,34 @@ def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
                  {"route": "seq2seq" if seq2seq else "causal_lm"})
 
 
+def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]) -> Setup:
+    d = cfg.data
+    splits = load_conll_splits(d)
+    model_path = resolve(cfg.model.name)
+    for note in splits.notes:
+        log(note)
+    log(f"data: {len(splits.train)} train / {len(splits.dev)} dev sentences; {d.scheme.upper()} "
+        f"tags read as IOB2: {', '.join(splits.tags)}; loss on "
+        + ("every sub-token (B-X continues as I-X)" if d.label_all_subtokens
+           else "the first sub-token of each word"))
+    tokenizer = load_tokenizer(model_path)
+    model = load_token_classifier(model_path, splits.tags, cfg.model.dropout,
+                                  pad_token_id=tokenizer.pad_token_id)
+    task = TokenClassificationTask(splits.tags, cfg.model.max_length, tokenizer.pad_token_id,
+                                   d.label_all_subtokens)
+    train, dev = task.encode(tokenizer, splits.train), task.encode(tokenizer, splits.dev)
+    for name, part in (("train", train), ("dev", dev)):
+        if part.lost_words:
+            log(f"  {name}: {part.lost_words} words have no sub-token within model.max_length "
+                f"{cfg.model.max_length} (untrained; scored as predicted O)")
+    return Setup(model, tokenizer, task, train, dev, model_path,
+                 {"labels": splits.tags, "scheme": d.scheme,
+                  "label_all_subtokens": d.label_all_subtokens})
+
+
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
-    "classification": classification, "causal_lm": causal_lm, "translation": translation}
+    "classification": classification, "causal_lm": causal_lm,
+    "token_classification": token_classification, "translation": translation}
 
 
 def setup(cfg: RunConfig, log: Callable[[str], None]) -> Setup:
