@@ -194,3 +194,17 @@ def test_packing_isolates_examples(tmp_path):
         n0 = len(data.input_ids[0])
         assert not torch.allclose(before[0, :n0], after[0, :n0])
         assert torch.allclose(before[0, n0:], after[0, n0:], atol=1e-6)
+
+
+def test_every_supervised_token_weighs_the_same_in_bucketed_batches():
+    """A step divides its loss sum by (examples x mean supervised tokens per example), not by
+    the batch's own count: a batch of short answers must not weigh each token more."""
+    from tunelab.data.render import LMEncoded
+
+    short, long = [1, 2, IGNORE, 3], [1] * 30  # 3 and 29 supervised tokens (the first never is)
+    data = LMEncoded([[5] * len(short)] * 2 + [[5] * len(long)] * 2, [short, short, long, long])
+    assert data.trained == [2, 2, 29, 29]  # labels shift: the first token of each is never a target
+    assert data.mean_trained == pytest.approx(15.5)
+    assert CausalLMTask.units(data, [0, 1]) == CausalLMTask.units(data, [2, 3]) == pytest.approx(31)
+    # over a whole split the units are the exact token count, so held-out loss is per token
+    assert CausalLMTask.units(data, [0, 1, 2, 3]) == pytest.approx(sum(data.trained))

@@ -30,9 +30,11 @@ class LMEncoded:
     labels: list[list[int]]  # IGNORE where the token does not train
     records: list[Record] = field(default_factory=list)
     trained: list[int] = field(init=False)  # trained_count per example, counted once here
+    mean_trained: float = field(init=False)  # trained tokens per example, on average
 
     def __post_init__(self) -> None:
         self.trained = [trained_count(labels) for labels in self.labels]
+        self.mean_trained = sum(self.trained) / max(1, len(self.trained))
 
     def __len__(self) -> int:
         return len(self.input_ids)

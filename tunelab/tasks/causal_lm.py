@@ -98,9 +98,12 @@ class CausalLMTask:
         return pack_batch(data, index) if self.packing else pad_batch(data, index, self.pad_id)
 
     @staticmethod
-    def units(data: LMEncoded, index: list[int]) -> int:
-        """Supervised tokens (what the loss averages over)."""
-        return sum(data.trained[i] for i in index)
+    def units(data: LMEncoded, index: list[int]) -> float:
+        """The supervised tokens these examples hold on average: a step's loss sum is divided
+        by it, so every supervised token weighs the same across the epoch however batches are
+        bucketed by length (see TokenClassificationTask.units); over a whole split it is the
+        exact token count, so held-out loss is the per-token mean."""
+        return len(index) * data.mean_trained
 
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}

@@ -11,7 +11,7 @@ after training, by generation with the run's settings (beams, max new tokens).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -96,6 +96,10 @@ class DecoderTranslationTask(Translating, CausalLMTask):
 class Seq2SeqEncoded:
     input_ids: list[list[int]]  # prefix + source
     labels: list[list[int]]  # target, ending with the tokenizer's EOS
+    mean_trained: float = field(init=False)  # target tokens per pair, on average
+
+    def __post_init__(self) -> None:
+        self.mean_trained = sum(map(len, self.labels)) / max(1, len(self.labels))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -135,9 +139,9 @@ class Seq2SeqTranslationTask(Translating):
         return {"input_ids": ids, "attention_mask": (ids != self.pad_id).long(), "labels": labels}
 
     @staticmethod
-    def units(data: Seq2SeqEncoded, index: list[int]) -> int:
-        """Target tokens (what the loss averages over)."""
-        return sum(len(data.labels[i]) for i in index)
+    def units(data: Seq2SeqEncoded, index: list[int]) -> float:
+        """Target tokens these pairs hold on average (see CausalLMTask.units)."""
+        return len(index) * data.mean_trained
 
     @staticmethod
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
