@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -52,13 +53,7 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
         from tunelab import ner_commands
 
         return ner_commands.evaluate(cfg, model, tokenizer, info, data, split)
-    if data:
-        examples, name = read_like_training(cfg.data, data), data
-    else:
-        splits = load_splits(cfg.data)
-        if split == "test" and splits.test is None:
-            raise DataError("this run's data has no test file; pass --data PATH")
-        examples, name = (splits.test if split == "test" else splits.dev), split
+    examples, name = eval_items(cfg, data, split, load_splits, read_like_training)
     task = _task(tokenizer, info)
     unknown = [e for e in examples if e.label not in task.index]
     if unknown:
@@ -95,6 +90,18 @@ def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
     print(f"loss: {scores['loss']:.4f}")
     print(f"perplexity: {scores['perplexity']:.4f}")
     return scores
+
+
+def eval_items(cfg, data: str | None, split: str, load: Callable, read_like: Callable
+               ) -> tuple[list, str]:
+    """The examples `tunelab eval` scores and their name: the file `--data`, read like the
+    run's training data, or the run's own dev or test split."""
+    if data:
+        return read_like(cfg.data, data), data
+    splits = load(cfg.data)
+    if split == "test" and splits.test is None:
+        raise DataError("this run's data has no test file; pass --data PATH")
+    return (splits.test if split == "test" else splits.dev), split
 
 
 def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -> dict:
