@@ -297,3 +297,100 @@ def test_heads_are_kept_not_combined(cls_adapters, tmp_path):
     theirs = PeftModel.from_pretrained(base.eval(), str(out))
     with torch.no_grad():
         assert torch.allclose(theirs(**INPUT).logits, want, atol=1e-5)
+
+
+# ------------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture
+def two_runs(tiny_model_dir, tiny_data, tmp_path):
+    from conftest import tiny_config
+    from tunelab.train.run import train
+
+    runs = []
+    for name, seed in (("pos", 0), ("neg", 1)):
+        tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / name, max_steps=6, seed=seed,
+                           eval_every=6, checkpoint_every=6)
+        train(validate(tree), log=lambda _: None)
+        runs.append(tmp_path / name)
+    return runs
+
+
+def test_merge_cli_combines_runs_into_a_run_and_into_the_base(two_runs, tmp_path, capsys):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.cli import main
+    from tunelab.runs import load_run_base, load_trained
+
+    pos, neg = two_runs
+    args = ["merge", str(pos), str(neg), "--weights", "0.6", "0.4", "--combine", "ties",
+            "--density", "0.5"]
+    assert main(args + ["--out", str(tmp_path / "m")]) == 2
+    assert "each carry their own task head" in capsys.readouterr().err
+    assert main(args + ["--head", "neg", "--out", str(tmp_path / "m")]) == 0
+    assert "combined pos x 0.6, neg x 0.4 (ties, density 0.5): rank 4 on 4 layers" in capsys.readouterr().out
+    # the same combination in-process
+    model, tok, _ = load_run_base(pos)
+    load_named_adapter(model, "pos", pos / "adapter")
+    load_named_adapter(model, "neg", neg / "adapter")
+    add_weighted_adapter(model, ["pos", "neg"], [0.6, 0.4], "m", CombineSpec("ties", 0.5), "neg")
+    set_adapter(model, "m")
+    enc = tok(["a wonderful story", "the plot was awful"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(**enc).logits
+    merged, _, info = load_trained(tmp_path / "m")  # the output is a run directory
+    with torch.no_grad():
+        assert torch.allclose(merged(**enc).logits, want, atol=1e-6)
+    assert info["merge"]["names"] == ["pos", "neg"] and info["merge"]["head_from"] == "neg"
+    assert main(["predict", str(tmp_path / "m"), "a wonderful story"]) == 0
+    assert main(args + ["--head", "neg", "--out", str(tmp_path / "full"), "--into-base"]) == 0
+    assert "merged the combined adapter into 4 layers" in capsys.readouterr().out
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(**enc).logits, want, atol=1e-5)
+    # the one-run form keeps working, and refuses to write over an adapter
+    assert main(["merge", str(pos), str(tmp_path / "one")]) == 0
+    assert main(["merge", str(pos), str(neg / "adapter")]) == 2
+    assert "holds a run or an adapter; to combine adapters, write the output with --out" in capsys.readouterr().err
+
+
+def test_merge_cli_on_adapter_directories_recompresses_and_checks_bases(tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sft_fixtures import tiny_llama_dir
+    from tunelab.cli import main
+
+    base = tiny_llama_dir(tmp_path / "llama")
+    made = {}
+    for name, seed, targets in (("a", 1, ["q_proj", "v_proj"]), ("b", 2, ["v_proj", "o_proj"])):
+        model = AutoModelForCausalLM.from_pretrained(base).eval()
+        cfg = validate({"data": {"train": "x"}, "method": {"name": "lora", "r": 4, "targets": targets}}).method
+        methods.apply(model, cfg)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in lora_layers(model).values():
+                layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=g))
+        made[name] = save_adapter(model, cfg, [], str(base), tmp_path / name, "causal_lm")
+    out = tmp_path / "svd2"
+    assert main(["merge", str(made["a"]), str(made["b"]), "--combine", "svd", "--rank", "2",
+                 "--weights", "1", "-0.5", "--out", str(out)]) == 0
+    assert "(svd): rank 2 on 6 layers" in capsys.readouterr().out
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"], cfg["task_type"]) == (2, 2, "CAUSAL_LM")
+    ids = torch.tensor([[5, 9, 30, 2, 7]])
+    ours = AutoModelForCausalLM.from_pretrained(base).eval()
+    load_named_adapter(ours, "a", made["a"])
+    load_named_adapter(ours, "b", made["b"])
+    add_weighted_adapter(ours, ["a", "b"], [1.0, -0.5], "m", CombineSpec("svd", rank=2))
+    set_adapter(ours, "m")
+    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base).eval(), str(out))
+    with torch.no_grad():
+        assert torch.allclose(theirs(ids).logits, ours(ids).logits, atol=1e-5)
+    # typos and mismatches fail before any model loads, naming what is wrong
+    assert main(["merge", str(made["a"]), "--combine", "tie", "--out", str(tmp_path / "x")]) == 2
+    assert "combine 'tie' is not one of linear, ties" in capsys.readouterr().err
+    other = json.loads((made["b"] / "adapter_config.json").read_text())
+    (made["b"] / "adapter_config.json").write_text(json.dumps({**other, "base_model_name_or_path": "other"}))
+    assert main(["merge", str(made["a"]), str(made["b"]), "--out", str(tmp_path / "x")]) == 2
+    assert f"{made['b']} was trained on other, {made['a']} on {base}" in capsys.readouterr().err

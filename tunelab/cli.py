@@ -63,9 +63,22 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--file", type=Path, help="JSONL of {prompt} or {messages}")
             g.add_argument("--out", type=Path, help="JSONL to write (default: print)")
 
-    m = sub.add_parser("merge", help="write base + adapter as one plain transformers checkpoint")
-    m.add_argument("run_dir", type=Path)
-    m.add_argument("out", type=Path)
+    m = sub.add_parser("merge", help="fold a run's adapter into its base (merge RUN_DIR OUT), or "
+                                     "combine several LoRA adapters (merge A B ... --out OUT)")
+    m.add_argument("sources", nargs="+", type=Path,
+                   help="run directories or PEFT LoRA adapter directories (RUN_DIR OUT without --out)")
+    m.add_argument("--out", type=Path, help="where the combined adapter (or model) goes")
+    m.add_argument("--weights", type=float, nargs="+", help="one per adapter (default: 1/n each)")
+    m.add_argument("--combine", default="linear", help="linear, cat, svd, ties, dare_linear, "
+                   "dare_ties, magnitude_prune, or ties_svd / dare_linear_svd / dare_ties_svd / "
+                   "magnitude_prune_svd")
+    m.add_argument("--density", type=float, help="ties / dare / magnitude_prune: share kept")
+    m.add_argument("--rank", type=int, help="svd merges: the result's rank (default: the largest)")
+    m.add_argument("--majority-sign", choices=["total", "frequency"], default="total")
+    m.add_argument("--seed", type=int, default=0, help="DARE's random masks")
+    m.add_argument("--head", help="the adapter (directory name) whose task head to keep")
+    m.add_argument("--into-base", action="store_true", help="write a merged full model instead")
+    m.add_argument("--base", help="the base model, when the adapters name it differently")
     return p
 
 
@@ -122,6 +135,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tunelab.generation import chat
 
         chat(args.target, args.system, args.max_new_tokens, args.temperature)
+    elif args.command == "merge" and args.out is None:
+        commands.merge_one(args.sources)
     elif args.command == "merge":
-        commands.merge(args.run_dir, args.out)
+        from tunelab.merge_commands import merge_adapters
+        from tunelab.methods.merging import CombineSpec
+
+        spec = CombineSpec(args.combine, args.density, args.rank, args.majority_sign, args.seed)
+        merge_adapters(args.sources, args.out, args.weights, spec, args.into_base, args.head,
+                       args.base)
     return 0

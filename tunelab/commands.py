@@ -10,7 +10,7 @@ import yaml
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config, validate
 from tunelab.data.splits import load_splits, read_like_training
-from tunelab.errors import DataError
+from tunelab.errors import AdapterError, DataError
 from tunelab.eval.metrics import confusion, format_confusion
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models import load_classifier, resolve
@@ -154,6 +154,17 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
         out.append((info["labels"][k], float(row[k])))
         print(f"{info['labels'][k]}\t{float(row[k]):.4f}\t{text}")
     return out
+
+
+def merge_one(args: list[Path]) -> Path:
+    """`tunelab merge RUN_DIR OUT` (no --out): fold one run's adapter into its base."""
+    if len(args) != 2:
+        raise AdapterError(f"merge: give RUN_DIR OUT, or several adapters with --out OUT (got "
+                           f"{len(args)} paths and no --out)")
+    if any((args[1] / f).is_file() for f in ("run.json", "adapter_config.json")):
+        raise AdapterError(f"merge: {args[1]} holds a run or an adapter; to combine adapters, "
+                           "write the output with --out OUT")
+    return merge(*args)
 
 
 def merge(run_dir: Path, out: Path) -> Path:

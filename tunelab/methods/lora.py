@@ -155,7 +155,11 @@ class LoraLinear(AdapterLayer):
     @torch.no_grad()
     def merged(self) -> nn.Module:
         """The layer type it replaced (nn.Linear, or Conv1D) with the update folded in."""
-        merged = self.linear_weight() + self.delta_weight()  # (out, in)
+        return self.rebuilt(self.linear_weight() + self.delta_weight())
+
+    @torch.no_grad()
+    def rebuilt(self, merged: torch.Tensor) -> nn.Module:
+        """The layer type it replaced (nn.Linear, or Conv1D) holding `merged` (out, in)."""
         if self.fan_in_fan_out:
             from transformers.pytorch_utils import Conv1D
 
