@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tunelab import methods
 from tunelab.config import validate
 from tunelab.errors import AdapterError
-from tunelab.methods.lora import LoraLinear, lora_layers
+from tunelab.methods.lora import lora_layers
 from tunelab.methods.merging import CombineSpec, drop_and_rescale, merge_task_tensors
 from tunelab.methods.multi_adapter import (adapter_names, adapters_disabled, add_weighted_adapter,
                                            load_named_adapter, save_named_adapter, set_adapter)
@@ -394,3 +394,50 @@ def test_merge_cli_on_adapter_directories_recompresses_and_checks_bases(tmp_path
     (made["b"] / "adapter_config.json").write_text(json.dumps({**other, "base_model_name_or_path": "other"}))
     assert main(["merge", str(made["a"]), str(made["b"]), "--out", str(tmp_path / "x")]) == 2
     assert f"{made['b']} was trained on other, {made['a']} on {base}" in capsys.readouterr().err
+
+
+def test_predict_eval_chat_pick_adapters_by_name(two_runs, tmp_path, capsys):
+    import io
+
+    from sft_fixtures import tiny_llama_dir
+    from tunelab.cli import main
+    from tunelab.generation import chat, load_generator
+    from tunelab.named_adapters import load_run
+    from tunelab.runs import load_run_base
+
+    pos, neg = two_runs
+    text = "the plot was awful and boring"
+    outs = {}
+    for key, extra in (("pos", []), ("neg", ["--add-adapter", str(neg), "--adapter", "neg"]),
+                       ("neg-alone", []), ("base", ["--adapter", "base"])):
+        run = neg if key == "neg-alone" else pos
+        assert main(["predict", str(run), text, *extra]) == 0
+        outs[key] = capsys.readouterr().out
+    assert outs["neg"] == outs["neg-alone"] and outs["neg"] != outs["pos"]
+    model, tok, _ = load_run(pos, [f"other={neg}"], "base")
+    bare, _, _ = load_run_base(pos)
+    assert adapter_names(model) == ["pos", "other"]
+    enc = tok([text], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, bare(**enc).logits)
+    assert main(["eval", str(pos), "--adapter", "nope"]) == 2
+    assert "no adapter named 'nope' is loaded (loaded: pos)" in capsys.readouterr().err
+    # a causal LM named by its directory, with two adapters, switched inside a chat
+    llama = tiny_llama_dir(tmp_path / "llama")
+    adapters = []
+    for name, seed in (("x", 1), ("y", 2)):
+        m, _ = load_generator(str(llama))
+        cfg = validate({"data": {"train": "x"}, "method": {"name": "lora", "targets": ["q_proj"]}}).method
+        methods.apply(m, cfg)
+        with torch.no_grad():
+            for layer in lora_layers(m).values():
+                layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape,
+                                                      generator=torch.Generator().manual_seed(seed)))
+        adapters.append(f"{name}={save_adapter(m, cfg, [], str(llama), tmp_path / name, 'causal_lm')}")
+    model, _ = load_generator(str(llama), adapters, "y")
+    assert adapter_names(model) == ["x", "y"] and model.tunelab_adapters.active == "y"
+    chat(str(llama), None, 2, 0.0, stdin=io.StringIO("/adapter x\n/adapter base\n/adapter z\n"),
+         adapters=adapters)
+    out = capsys.readouterr().out
+    assert "(adapter: x)" in out and "(adapter: base)" in out
+    assert "(no adapter named 'z' is loaded (loaded: x, y); or base)" in out

@@ -36,12 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
     e.add_argument("--split", choices=["dev", "test"], default="dev")
+    _adapter_options(e)
 
     pr = sub.add_parser("predict", help="label and probability per text; the entities with "
                                         "their character spans for token classification")
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("texts", nargs="*")
     pr.add_argument("--file", type=Path, help="one text per line")
+    _adapter_options(pr)
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--system", help="a system prompt")
         g.add_argument("--max-new-tokens", type=int, default=256)
         g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+        _adapter_options(g)
         if name == "generate":
             g.add_argument("--prompt")
             g.add_argument("--file", type=Path, help="JSONL of {prompt} or {messages}")
@@ -80,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--into-base", action="store_true", help="write a merged full model instead")
     m.add_argument("--base", help="the base model, when the adapters name it differently")
     return p
+
+
+def _adapter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--add-adapter", action="append", default=[], metavar="[NAME=]PATH",
+                   help="load another LoRA adapter (run or adapter directory); repeatable")
+    p.add_argument("--adapter", metavar="NAME", help="the adapter to use (base: none; default: "
+                                                     "the run's own, named after its directory)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,9 +128,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         train(load_config(args.config, args.overrides), resume=args.resume,
               overwrite=args.overwrite)
     elif args.command == "eval":
-        commands.evaluate(args.run_dir, args.data, args.split)
+        commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter)
     elif args.command == "predict":
-        commands.predict(args.run_dir, args.texts, args.file)
+        commands.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter)
     elif args.command == "data":
         from tunelab.inspect_data import inspect
 
@@ -130,11 +140,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tunelab.generation import generate
 
         generate(args.target, args.prompt, args.file, args.out, args.system, args.max_new_tokens,
-                 args.temperature)
+                 args.temperature, args.add_adapter, args.adapter)
     elif args.command == "chat":
         from tunelab.generation import chat
 
-        chat(args.target, args.system, args.max_new_tokens, args.temperature)
+        chat(args.target, args.system, args.max_new_tokens, args.temperature,
+             adapters=args.add_adapter, use=args.adapter)
     elif args.command == "merge" and args.out is None:
         commands.merge_one(args.sources)
     elif args.command == "merge":

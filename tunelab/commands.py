@@ -14,6 +14,7 @@ from tunelab.errors import AdapterError, DataError
 from tunelab.eval.metrics import confusion, format_confusion
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models import load_classifier, resolve
+from tunelab.named_adapters import load_run
 from tunelab.runs import load_trained
 from tunelab.tasks.classification import ClassificationTask
 
@@ -40,10 +41,11 @@ def _task(tokenizer, info: dict) -> ClassificationTask:
     return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id)
 
 
-def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
+def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | None = None,
+             use: str | None = None) -> dict:
     import torch
 
-    model, tokenizer, info = load_trained(run_dir)
+    model, tokenizer, info = load_run(run_dir, adapters, use)
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if info["task"] == "causal_lm":
         return _evaluate_lm(model, tokenizer, cfg, data)
@@ -120,7 +122,8 @@ def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -
     return scores
 
 
-def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
+def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[str] | None = None,
+            use: str | None = None) -> list:
     import torch
 
     if file is not None:
@@ -129,7 +132,7 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
         texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
-    model, tokenizer, info = load_trained(run_dir)
+    model, tokenizer, info = load_run(run_dir, adapters, use)
     if info["task"] == "token_classification":
         from tunelab import ner_commands
 

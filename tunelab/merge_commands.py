@@ -21,37 +21,14 @@ from tunelab.methods.lora import lora_layers
 from tunelab.methods.merging import CombineSpec
 from tunelab.methods.multi_adapter import (add_weighted_adapter, load_named_adapter,
                                            save_named_adapter, set_adapter)
-from tunelab.methods.peft_format import CONFIG_FILE, read_adapter_config
-from tunelab.runs import ADAPTER_DIR, RUN_INFO, load_run_base, read_run_info, write_json
+from tunelab.methods.peft_format import read_adapter_config
+from tunelab.named_adapters import adapter_name, source_adapter
+from tunelab.runs import ADAPTER_DIR, RUN_INFO, load_run_base, write_json
 
 MERGED = "merged"
 AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
                 "token_classification": "AutoModelForTokenClassification",
                 "classification": "AutoModelForSequenceClassification"}
-
-
-def source_adapter(path: Path) -> tuple[Path, dict[str, Any] | None]:
-    """(adapter directory, run info or None) for a run directory or an adapter directory."""
-    if (path / RUN_INFO).is_file():
-        info = read_run_info(path)
-        if info["artifact"] != ADAPTER_DIR:
-            raise AdapterError(f"{path}: a {info['method']} run saves a full model, not an "
-                               "adapter; only LoRA adapters can be combined")
-        return path / ADAPTER_DIR, info
-    if (path / CONFIG_FILE).is_file():
-        return path, None
-    raise AdapterError(f"{path}: neither a tunelab run directory ({RUN_INFO}) nor a PEFT adapter "
-                       f"directory ({CONFIG_FILE})")
-
-
-def adapter_name(path: Path, taken: set[str]) -> str:
-    """The directory's name (its parent's for a run's adapter/), made unique."""
-    path = path.resolve()
-    stem = path.parent.name if path.name == ADAPTER_DIR else path.name
-    name, k = stem, 2
-    while name in taken or name == MERGED:
-        name, k = f"{stem}-{k}", k + 1
-    return name
 
 
 def merge_adapters(sources: list[Path], out: Path, weights: list[float] | None, spec: CombineSpec,
