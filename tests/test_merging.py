@@ -3,6 +3,7 @@ against peft's add_weighted_adapter, and against small hand-computed TIES / DARE
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from tunelab.methods.lora import lora_layers
 from tunelab.methods.merging import CombineSpec, drop_and_rescale, merge_task_tensors
 from tunelab.methods.multi_adapter import (adapter_names, adapters_disabled, add_weighted_adapter,
                                            load_named_adapter, save_named_adapter, set_adapter)
-from tunelab.methods.peft_format import load_adapter, save_adapter
+from tunelab.methods.peft_format import load_adapter, merge, save_adapter
 
 from test_methods_contract import INPUT, logits, tiny_classifier
 
@@ -91,6 +92,11 @@ def test_several_adapters_switch_and_disable_exactly(cls_adapters):
     assert query.adapter_names() == ["a"] and query.__dict__["forward"] == query.base_forward
     with pytest.raises(AdapterError, match="no adapter named 'c' is loaded \\(loaded: a, b\\)"):
         set_adapter(model, "c")
+    # folding into the base folds the adapter in use, and only it (query stays the base)
+    folded = copy.deepcopy(model)
+    assert merge(folded) == 13  # q, k, v and 3 dense per layer, and the pooler
+    assert torch.allclose(logits(folded), alone(b), atol=1e-5)
+    assert torch.equal(folded.bert.encoder.layer[0].attention.self.query.weight, query.weight)
 
 
 def test_a_trained_adapter_can_be_disabled_and_keeps_its_plain_forward():

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import AdapterError
-from tunelab.methods import targets as tgt
 from tunelab.methods.lora import lora_layers
 from tunelab.methods.merging import CombineSpec
 from tunelab.methods.multi_adapter import (add_weighted_adapter, load_named_adapter,
                                            save_named_adapter, set_adapter)
+from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.methods.peft_format import read_adapter_config
 from tunelab.named_adapters import adapter_name, source_adapter
 from tunelab.runs import ADAPTER_DIR, RUN_INFO, load_run_base, write_json
@@ -101,12 +101,9 @@ def _base_model(sources: list[Path], found: list, configs: list[dict[str, Any]],
 
 def _write_merged_model(model: Any, tokenizer: Any, out: Path, task: str) -> Path:
     """Fold the combined adapter into the base weights and save a plain checkpoint."""
-    set_adapter(model, MERGED)
-    folded = 0
-    for name, layer in lora_layers(model).items():
-        has = MERGED in layer.adapter_names()
-        tgt.replace_module(model, name, layer.merged() if has else layer.rebuilt(layer.linear_weight()))
-        folded += has
+    set_adapter(model, MERGED)  # layers without it run, and are folded, as the base
+    folded = sum(MERGED in layer.adapter_names() for layer in lora_layers(model).values())
+    merge_layers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"merged the combined adapter into {folded} layers of the base; wrote {out} (loads with "

@@ -152,9 +152,15 @@ class LoraLinear(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
 
+    def running_base(self) -> bool:
+        """Whether the layer computes as its base (adapters off, or its adapter not selected)."""
+        return "forward" in self.__dict__
+
     @torch.no_grad()
     def merged(self) -> nn.Module:
-        """The layer type it replaced (nn.Linear, or Conv1D) with the update folded in."""
+        """The layer type it replaced (nn.Linear, or Conv1D) with the update in use folded in."""
+        if self.running_base():
+            return self.rebuilt(self.linear_weight())
         return self.rebuilt(self.linear_weight() + self.delta_weight())
 
     @torch.no_grad()
