@@ -358,6 +358,8 @@ def test_merge_cli_combines_runs_into_a_run_and_into_the_base(two_runs, tmp_path
     assert main(["merge", str(pos), str(tmp_path / "one")]) == 0
     assert main(["merge", str(pos), str(neg / "adapter")]) == 2
     assert "holds a run or an adapter; to combine adapters, write the output with --out" in capsys.readouterr().err
+    assert main(["merge", str(pos), str(tmp_path / "two"), "--into-base"]) == 2
+    assert "--into-base combines adapters; name the output with --out OUT" in capsys.readouterr().err
 
 
 def test_merge_cli_on_adapter_directories_recompresses_and_checks_bases(tmp_path, capsys):

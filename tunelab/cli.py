@@ -147,7 +147,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         chat(args.target, args.system, args.max_new_tokens, args.temperature,
              adapters=args.add_adapter, use=args.adapter)
     elif args.command == "merge" and args.out is None:
-        commands.merge_one(args.sources)
+        given = [o for o in ("weights", "density", "rank", "head", "base") if getattr(args, o) is not None]
+        commands.merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
+                           + (["into_base"] if args.into_base else []))
     elif args.command == "merge":
         from tunelab.merge_commands import merge_adapters
         from tunelab.methods.merging import CombineSpec

@@ -159,8 +159,11 @@ def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[s
     return out
 
 
-def merge_one(args: list[Path]) -> Path:
+def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
     """`tunelab merge RUN_DIR OUT` (no --out): fold one run's adapter into its base."""
+    if options:
+        raise AdapterError(f"merge: --{options[0].replace('_', '-')} combines adapters; name the "
+                           "output with --out OUT (merge A B ... --out OUT)")
     if len(args) != 2:
         raise AdapterError(f"merge: give RUN_DIR OUT, or several adapters with --out OUT (got "
                            f"{len(args)} paths and no --out)")
