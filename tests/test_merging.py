@@ -333,6 +333,8 @@ def test_merge_cli_combines_runs_into_a_run_and_into_the_base(two_runs, tmp_path
             "--density", "0.5"]
     assert main(args + ["--out", str(tmp_path / "m")]) == 2
     assert "each carry their own task head" in capsys.readouterr().err
+    assert main(args + ["--head", "neg", "--out", str(neg)]) == 2
+    assert f"--out {neg} is one of the sources" in capsys.readouterr().err
     assert main(args + ["--head", "neg", "--out", str(tmp_path / "m")]) == 0
     assert "combined pos x 0.6, neg x 0.4 (ties, density 0.5): rank 4 on 4 layers" in capsys.readouterr().out
     # the same combination in-process
@@ -349,6 +351,9 @@ def test_merge_cli_combines_runs_into_a_run_and_into_the_base(two_runs, tmp_path
         assert torch.allclose(merged(**enc).logits, want, atol=1e-6)
     assert info["merge"]["names"] == ["pos", "neg"] and info["merge"]["head_from"] == "neg"
     assert main(["predict", str(tmp_path / "m"), "a wonderful story"]) == 0
+    assert main(args + ["--head", "pos", "--out", str(tmp_path / "m")]) == 0  # a merge over a merge
+    assert main(["merge", str(neg), "--out", str(pos)]) == 2
+    assert "holds a trained run; choose a new directory" in capsys.readouterr().err
     assert main(args + ["--head", "neg", "--out", str(tmp_path / "full"), "--into-base"]) == 0
     assert "merged the combined adapter into 4 layers" in capsys.readouterr().out
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full").eval()

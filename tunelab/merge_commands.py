@@ -35,6 +35,7 @@ def merge_adapters(sources: list[Path], out: Path, weights: list[float] | None, 
                    into_base: bool = False, head: str | None = None, base: str | None = None) -> Path:
     """Combine the sources' adapters; write an adapter (a run directory when the first
     source is a run) or, with into_base, a plain transformers checkpoint. Returns `out`."""
+    _check_out(out, sources)
     found = [source_adapter(p) for p in sources]
     weights = weights if weights is not None else [1.0 / len(sources)] * len(sources)
     if len(weights) != len(sources):
@@ -74,6 +75,17 @@ def merge_adapters(sources: list[Path], out: Path, weights: list[float] | None, 
     print(f"wrote {adapter_out} (PEFT LoRA adapter" +
           (f"; `tunelab eval {out}` and `tunelab predict {out}` use it)" if info else ")"))
     return out
+
+
+def _check_out(out: Path, sources: list[Path]) -> None:
+    """Never write over a source, a trained run or an adapter that no merge wrote."""
+    if any(out.resolve() == p.resolve() for p in sources):
+        raise AdapterError(f"--out {out} is one of the sources; choose a new directory")
+    run_info = out / RUN_INFO
+    if run_info.is_file() and "merge" not in json.loads(run_info.read_text(encoding="utf-8")):
+        raise AdapterError(f"--out {out} holds a trained run; choose a new directory")
+    if (out / "adapter_config.json").is_file() and not (out / "tunelab_merge.json").is_file():
+        raise AdapterError(f"--out {out} holds an adapter that no merge wrote; choose a new directory")
 
 
 def _task_of(config: dict[str, Any]) -> str:
