@@ -215,7 +215,8 @@ def test_comparison_page_holds_every_run(cls_run, ner_run, tiny_model_dir, cls_d
     assert metrics["header"] == ["after training", *names]
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     assert metrics["dev loss"] == [f4(s["final_dev"]["loss"]) for s in summaries]
-    assert metrics["dev accuracy"] == [f4(s["final_dev"]["accuracy"]) for s in summaries[:2]] + ["–"]
+    accuracy = [f4(s["final_dev"]["accuracy"]) for s in summaries[:2]]
+    assert metrics["dev accuracy"] == [*accuracy, "–"]
     assert metrics["dev f1"] == ["–", "–", f4(summaries[2]["final_dev"]["f1"])]
     assert metrics["best step"] == [str(s["best"]["step"]) for s in summaries]
     diff = table(page, "config-diff")
@@ -304,3 +305,19 @@ def test_page_renders_in_headless_chromium_with_its_tables_and_curves(cls_run, t
                                                          "</body>"))
     _, console = chromium(leaky, tmp_path, "--dump-dom")
     assert any("Content Security Policy" in line for line in console), console
+
+
+def test_unfinished_run_page_uses_the_metrics_log(cls_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "unfinished"
+    shutil.copytree(cls_run, run, ignore=shutil.ignore_patterns("summary.json", "model", "report"))
+    assert main(["report", str(run)]) == 0
+    page = html_page(run / "report" / "report.html")
+    dev = [r for r in jsonl(run / "metrics.jsonl") if r.get("split") == "dev"]
+    metrics = table(page, "final-metrics")
+    assert metrics["header"] == ["metric", "dev before training",
+                                 f"dev, last evaluation (step {dev[-1]['step']})"]
+    assert metrics["accuracy"] == [f4(dev[0]["accuracy"]), f4(dev[-1]["accuracy"])]
+    md = (run / "report" / "report.md").read_text()
+    assert "no summary.json: it is unfinished" in md and "the run has no model/ yet" in md

@@ -39,7 +39,8 @@ def report(run_dirs: list[Path], out: Path | None = None, use_data: bool = True,
     """Write RUN/report/report.html (one run) or OUT/compare.html (several); returns the page."""
     runs = _named([read_run(Path(d)) for d in run_dirs])
     if len(runs) == 1:
-        doc, out, stem = run_page(runs[0], use_data, samples), out or runs[0].dir / "report", "report"
+        doc, stem = run_page(runs[0], use_data, samples), "report"
+        out = out or runs[0].dir / "report"
     else:
         doc, out, stem = compare.comparison(runs), out or Path("compare-report"), "compare"
     page, md = write(doc, out, stem)

@@ -85,7 +85,8 @@ def comparison(runs: list[RunFiles]) -> Document:
     curves: list[Any] = []
     png = compare_curves(runs)
     if png:
-        curves.append(Figure("compare-curves.png", png, "train loss, dev loss and dev metric per run"))
+        curves.append(Figure("compare-curves.png", png,
+                             "train loss, dev loss and dev metric per run"))
     else:
         curves.append(Para("None of the runs has a metrics.jsonl with records."))
     diff = config_diff(runs)

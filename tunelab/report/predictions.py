@@ -40,6 +40,12 @@ class TagPredictions:
     pred: list[list[str]]
 
 
+def _parts(splits: Any) -> dict[str, list]:
+    """The splits a run has, by name: train, dev and test when there is one."""
+    parts = {"train": splits.train, "dev": splits.dev}
+    return parts | ({"test": splits.test} if splits.test else {})
+
+
 def _config(run: RunFiles):
     return validate(run.config, str(run.dir / "config.yaml"))
 
@@ -49,7 +55,7 @@ def classification_stats(run: RunFiles) -> tuple[DataStats, list]:
     from tunelab.data.splits import load_splits
 
     splits = load_splits(_config(run).data)
-    parts = {"train": splits.train, "dev": splits.dev, **({"test": splits.test} if splits.test else {})}
+    parts = _parts(splits)
     counts = {k: Counter(e.label for e in v) for k, v in parts.items()}
     rows: list[list[Any]] = [[label, *(counts[k][label] for k in parts)]
                              for label in run.info["labels"]]
@@ -85,7 +91,7 @@ def ner_stats(run: RunFiles) -> tuple[DataStats, list]:
     from tunelab.data.conll import load_conll_splits
 
     splits = load_conll_splits(_config(run).data)
-    parts = {"train": splits.train, "dev": splits.dev, **({"test": splits.test} if splits.test else {})}
+    parts = _parts(splits)
     types = sorted({t[2:] for t in run.info["labels"] if t != "O"})
     counts = {k: Counter(kind for s in v for kind, _, _ in get_entities(list(s.tags)))
               for k, v in parts.items()}

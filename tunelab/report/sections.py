@@ -65,6 +65,15 @@ def overview(run: RunFiles) -> Section:
 
 def final_metrics(run: RunFiles) -> Section:
     s = run.summary or {}
+    dev = run.dev_records()
+    if not s:  # unfinished: what metrics.jsonl logged
+        first = dev[0] if dev and dev[0]["step"] == 0 else None
+        columns = {"dev before training": scores(first)}
+        if dev and dev[-1] is not first:
+            columns[f"dev, last evaluation (step {dev[-1]['step']})"] = scores(dev[-1])
+        rows = [[n, *(c.get(n) for c in columns.values())]
+                for n in dict.fromkeys(k for c in columns.values() for k in c)]
+        return Section("Final metrics", [Table("final-metrics", ["metric", *columns], rows)])
     columns = {"dev before training": scores(s.get("initial_dev")),
                "dev best" + (f" (step {s['best']['step']})" if s.get("best") else ""):
                    scores(best_record(run)),

@@ -14,6 +14,14 @@ NO_DATA = ("Not computed: the report was built with --no-data (from the run's fi
            "Without it, `tunelab report` reloads the saved run and predicts its dev split.")
 
 
+def _no_weights(run: RunFiles) -> str | None:
+    """Why dev predictions cannot be made, or None when they can."""
+    if not (run.dir / run.info["artifact"]).is_dir():
+        return (f"Not computed: the run has no {run.info['artifact']}/ yet (unfinished); finish "
+                "it with `tunelab train CONFIG --resume`.")
+    return None
+
+
 def _stats_blocks(stats: Any) -> list[Any]:
     return [Table("data-stats", stats.header, stats.rows), *(Para(n) for n in stats.notes)]
 
@@ -21,8 +29,8 @@ def _stats_blocks(stats: Any) -> list[Any]:
 # ------------------------------------------------------------------------- classification
 
 def classification(run: RunFiles, use_data: bool, n: int) -> list[Section]:
-    if not use_data:
-        return [Section("Dev predictions", [Para(NO_DATA)])]
+    if not use_data or _no_weights(run):
+        return [Section("Dev predictions", [Para(_no_weights(run) if use_data else NO_DATA)])]
     from sklearn.metrics import precision_recall_fscore_support
 
     from tunelab.eval.metrics import classification_metrics, confusion
@@ -34,8 +42,11 @@ def classification(run: RunFiles, use_data: bool, n: int) -> list[Section]:
     matrix = confusion(p.pred, p.gold, k)
     ours = classification_metrics(p.pred, p.gold, k)
     saved = (final_dev(run) or {}).get("accuracy")
-    check = (f"; summary.json says {saved:.4f}" + ("" if abs(saved - ours["accuracy"]) < 1e-6 else
-             " (they differ: has the dev data changed since training?)")) if saved is not None else ""
+    check = ""
+    if saved is not None:
+        check = f"; summary.json says {saved:.4f}" + (
+            "" if abs(saved - ours["accuracy"]) < 1e-6 else
+            " (they differ: has the dev data changed since training?)")
     conf = [Para(f"{len(p.gold)} dev examples predicted by the saved run; rows are the gold "
                  f"labels, columns the predictions. Accuracy from this matrix: "
                  f"{ours['accuracy']:.4f}{check}."),
@@ -83,8 +94,9 @@ def ner(run: RunFiles, use_data: bool, n: int) -> list[Section]:
         Para("Entity-level scores by seqeval (an entity counts when its type and both boundaries "
              "match); support is the number of gold entities."),
         Table("per-entity", ["entity type", "precision", "recall", "f1", "support"], rows)])]
-    if not use_data:
-        return out + [Section("Sample predictions", [Para(NO_DATA)])]
+    if not use_data or _no_weights(run):
+        why = _no_weights(run) if use_data else NO_DATA
+        return out + [Section("Sample predictions", [Para(why)])]
     from tunelab.report.predictions import ner_predictions, ner_stats
 
     stats, dev = ner_stats(run)
@@ -98,7 +110,8 @@ def ner(run: RunFiles, use_data: bool, n: int) -> list[Section]:
     wrong = [i for i in range(len(p.gold)) if p.gold[i] != p.pred[i]][:n]
     first = list(range(min(n, len(p.gold))))
     return [Section("Data", _stats_blocks(stats)), *out, Section("Sample predictions", [
-        Table("samples", header, sample_rows(first), caption=f"the first {len(first)} dev sentences"),
+        Table("samples", header, sample_rows(first),
+              caption=f"the first {len(first)} dev sentences"),
         Table("mistakes", header, sample_rows(wrong),
               caption=f"the first {len(wrong)} dev sentences with a wrong tag")])]
 
