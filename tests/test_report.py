@@ -199,6 +199,7 @@ def test_translation_page_shows_translations_and_scores(tmp_path):
     shown = page.tables["translations"][1:]
     assert [r[1:4] for r in shown] == [[r["source"], r["reference"], r["hypothesis"]]
                                        for r in rows[:3]]
+    assert table(page, "data-stats")["pairs"] == ["4", "4", "4"]  # train, dev, test
     md = (tmp_path / "run" / "report" / "report.md").read_text()
     assert f"corpus BLEU {summary['test']['bleu']:.2f}, chrF {summary['test']['chrf']:.2f}" in md
 

@@ -110,3 +110,21 @@ def ner_predictions(run: RunFiles, dev: list) -> TagPredictions:
     tags = task.predict(model, encoded, _config(run).train.eval_batch_size,
                         torch.device("cpu")).tags
     return TagPredictions([s.words for s in dev], [list(s.tags) for s in dev], tags)
+
+
+def translation_stats(run: RunFiles) -> DataStats:
+    """Pairs and mean words per side in each split, as the run read them (limits applied)."""
+    from tunelab.tasks.setup import translation_pairs
+
+    d = _config(run).data
+    names, pairs = translation_pairs(d)
+
+    def mean_words(rows: list, side: str) -> str:
+        return f"{sum(len(getattr(p, side).split()) for p in rows) / max(len(rows), 1):.1f}"
+
+    rows: list[list[Any]] = [["pairs", *(len(v) for v in pairs.values())]]
+    rows += [[f"mean words, {lang}", *(mean_words(v, side) for v in pairs.values())]
+             for lang, side in ((d.source_lang, "source"), (d.target_lang, "target"))]
+    return DataStats(["", *(f"{k} ({names[k]})" for k in pairs)], rows,
+                     [f"corpus: {d.path}; the dev pairs give the held-out loss, the test pairs "
+                      "BLEU and chrF"])

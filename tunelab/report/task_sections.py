@@ -147,13 +147,18 @@ def translation(run: RunFiles, use_data: bool, n: int) -> list[Section]:
 
     from tunelab.tasks.translation import translation_scores
 
-    d, s = run.config.get("data") or {}, run.summary or {}
     rows = run.translations()
-    stats: list[list[Any]] = [["corpus", str(d.get("path"))],
-                              ["direction", f"{d.get('source_lang')} -> {d.get('target_lang')}"],
-                              ["dev pairs (held-out loss)", s.get("dev_examples")],
-                              ["test pairs (BLEU / chrF)", len(rows)]]
-    out = [Section("Data", [Table("data-stats", ["", "value"], stats)])]
+    if use_data:
+        from tunelab.report.predictions import translation_stats
+
+        out = [Section("Data", _stats_blocks(translation_stats(run)))]
+    else:
+        d, s = run.config.get("data") or {}, run.summary or {}
+        direction = f"{d.get('source_lang')} -> {d.get('target_lang')}"
+        stats: list[list[Any]] = [["corpus", str(d.get("path"))], ["direction", direction],
+                                  ["dev pairs (held-out loss)", s.get("dev_examples")],
+                                  ["test pairs (BLEU / chrF)", len(rows)]]
+        out = [Section("Data", [Table("data-stats", ["", "value"], stats)])]
     if not rows:
         return out + [Section("Sample translations", [Para("No test_translations.jsonl.")])]
     again = translation_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows])
