@@ -230,6 +230,8 @@ def test_comparison_page_holds_every_run(cls_run, ner_run, tiny_model_dir, cls_d
 
 
 def test_errors_name_the_run_and_the_file(cls_run, tmp_path, capsys):
+    assert main(["report", str(cls_run), "--samples", "-1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --samples -1: give the number")
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err == (f"error: {tmp_path / 'nope'}: not a tunelab run directory "
                                        "(no run.json); give the output_dir of a `tunelab train` "

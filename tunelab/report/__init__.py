@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.errors import ConfigError
 from tunelab.report import compare, sections
 from tunelab.report.document import Document, write
 from tunelab.report.rundata import RunFiles, read_run
@@ -37,6 +38,8 @@ def _named(runs: list[RunFiles]) -> list[RunFiles]:
 def report(run_dirs: list[Path], out: Path | None = None, use_data: bool = True,
            samples: int = 10, log=print) -> Path:
     """Write RUN/report/report.html (one run) or OUT/compare.html (several); returns the page."""
+    if samples < 0:
+        raise ConfigError(f"--samples {samples}: give the number of example rows to show (0 or more)")
     runs = _named([read_run(Path(d)) for d in run_dirs])
     if len(runs) == 1:
         doc, stem = run_page(runs[0], use_data, samples), "report"
