@@ -86,8 +86,12 @@ def test_classification_page_shows_the_runs_numbers(cls_run, cls_data, capsys):
     per_class = table(page, "per-class")
     assert per_class["macro average"][2:] == [f4(summary["final_dev"]["macro_f1"]), "32"]
     assert [per_class[label][3] for label in ("0", "1")] == ["16", "16"]
-    recall_0 = matrix[0][0] / 16
-    assert per_class["0"][1] == f4(recall_0)
+    recall = [matrix[0][0] / 16, matrix[1][1] / 16]
+    precision = [matrix[0][0] / (matrix[0][0] + matrix[1][0]),
+                 matrix[1][1] / (matrix[0][1] + matrix[1][1])]
+    assert [per_class[label][:2] for label in ("0", "1")] == [[f4(precision[i]), f4(recall[i])]
+                                                            for i in (0, 1)]
+    assert per_class["macro average"][:2] == [f4(sum(precision) / 2), f4(sum(recall) / 2)]
 
     stats = table(page, "data-stats")
     assert stats["header"] == ["label", "train", "dev"]

@@ -46,7 +46,7 @@ def classification(run: RunFiles, use_data: bool, n: int) -> list[Section]:
     if saved is not None:
         check = f"; summary.json says {saved:.4f}" + (
             "" if abs(saved - ours["accuracy"]) < 1e-6 else
-            " (they differ: has the dev data changed since training?)")
+            " (they differ: the dev data changed since training, or training scored in bf16)")
     conf = [Para(f"{len(p.gold)} dev examples predicted by the saved run; rows are the gold "
                  f"labels, columns the predictions. Accuracy from this matrix: "
                  f"{ours['accuracy']:.4f}{check}."),
@@ -56,7 +56,10 @@ def classification(run: RunFiles, use_data: bool, n: int) -> list[Section]:
                                                              zero_division=0)
     rows: list[list[Any]] = [[label, float(prec[i]), float(rec[i]), float(f1[i]), int(support[i])]
                              for i, label in enumerate(p.labels)]
-    rows.append(["macro average", None, None, ours["macro_f1"], len(p.gold)])
+    present = sorted(set(p.gold) | set(p.pred))  # as classification_metrics averages
+    macro = precision_recall_fscore_support(p.gold, p.pred, labels=present, average="macro",
+                                            zero_division=0)
+    rows.append(["macro average", float(macro[0]), float(macro[1]), ours["macro_f1"], len(p.gold)])
     per_class = [Table("per-class", ["label", "precision", "recall", "f1", "support"], rows,
                        caption="macro-F1 averages the labels that occur in gold or predictions")]
 
