@@ -39,7 +39,8 @@ def report(run_dirs: list[Path], out: Path | None = None, use_data: bool = True,
            samples: int = 10, log=print) -> Path:
     """Write RUN/report/report.html (one run) or OUT/compare.html (several); returns the page."""
     if samples < 0:
-        raise ConfigError(f"--samples {samples}: give the number of example rows to show (0 or more)")
+        raise ConfigError(f"--samples {samples}: give the number of example rows to show "
+                          "(0 or more)")
     runs = _named([read_run(Path(d)) for d in run_dirs])
     if len(runs) == 1:
         doc, stem = run_page(runs[0], use_data, samples), "report"
