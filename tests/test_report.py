@@ -217,7 +217,7 @@ def test_comparison_page_holds_every_run(cls_run, ner_run, tiny_model_dir, cls_d
     names = [f"{r.resolve().parent.name}/run" for r in runs]  # disambiguated by parent
     assert [row[0] for row in page.tables["runs"][1:]] == names
     metrics = table(page, "metrics")
-    assert metrics["header"] == ["after training", *names]
+    assert metrics["header"] == ["score", *names]
     summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
     assert metrics["dev loss"] == [f4(s["final_dev"]["loss"]) for s in summaries]
     accuracy = [f4(s["final_dev"]["accuracy"]) for s in summaries[:2]]

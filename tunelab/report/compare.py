@@ -36,7 +36,8 @@ def runs_table(runs: list[RunFiles]) -> Table:
         s = r.summary or {}
         rows.append([r.name, r.task, str(r.info.get("model_name", r.info["base_model"])),
                      r.info["method"], f"{s['steps']} / {s['total_steps']}" if s else "unfinished",
-                     s.get("trainable"), f"{s['train_seconds']:.1f}" if s else None,
+                     f"{s['trainable']:,}" if s else None,
+                     f"{s['train_seconds']:.1f}" if s else None,
                      f"{s['tokens_per_s']:.0f}" if s else None])
     return Table("runs", ["run", "task", "model", "method", "steps", "trainable parameters",
                           "training time (s)", "real tokens / s"], rows)
@@ -54,7 +55,9 @@ def metrics_table(runs: list[RunFiles]) -> Table:
         col["best step"] = best.get("step")
         columns.append(col)
     names = list(dict.fromkeys(k for col in columns for k in col))
-    return Table("metrics", ["after training", *(r.name for r in runs)],
+    group = ("dev ", "test ", "best dev ", "best step")
+    names.sort(key=lambda k: next(i for i, g in enumerate(group) if k.startswith(g)))
+    return Table("metrics", ["score", *(r.name for r in runs)],
                  [[name, *(col.get(name) for col in columns)] for name in names])
 
 
