@@ -66,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
             g.add_argument("--file", type=Path, help="JSONL of {prompt} or {messages}")
             g.add_argument("--out", type=Path, help="JSONL to write (default: print)")
 
+    r = sub.add_parser("report", help="a self-contained HTML page (and Markdown) for a run, or "
+                                      "one comparing several runs side by side")
+    r.add_argument("run_dirs", nargs="+", type=Path)
+    r.add_argument("--out", type=Path, help="folder to write to (default: RUN_DIR/report for "
+                                            "one run, ./compare-report for several)")
+    r.add_argument("--no-data", action="store_true", help="use the run's files alone: no "
+                   "reloading the model, no data statistics or dev predictions")
+    r.add_argument("--samples", type=int, default=10, help="example rows per sample table")
+
     m = sub.add_parser("merge", help="fold a run's adapter into its base (merge RUN_DIR OUT), or "
                                      "combine several LoRA adapters (merge A B ... --out OUT)")
     m.add_argument("sources", nargs="+", type=Path,
@@ -146,6 +155,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         chat(args.target, args.system, args.max_new_tokens, args.temperature,
              adapters=args.add_adapter, use=args.adapter)
+    elif args.command == "report":
+        from tunelab.report import report
+
+        report(args.run_dirs, args.out, not args.no_data, args.samples)
     elif args.command == "merge" and args.out is None:
         given = [o for o in ("weights", "density", "rank", "head", "base") if getattr(args, o) is not None]
         commands.merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
