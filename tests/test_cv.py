@@ -137,3 +137,19 @@ def test_cv_refuses_tasks_it_cannot_fold(tmp_path):
                                           "token_classification"):
         cross_validate(cfg, 3, log=quiet)
     assert not Path(tmp_path / "o").exists()
+
+
+def test_ner_cv_run_scores_entity_f1_per_fold(tiny_model_dir, tmp_path):
+    files = toy_ner_files(tmp_path)
+    tree = ner_config(tiny_model_dir, files, tmp_path / "cv", max_steps=3, eval_every=None,
+                      checkpoint_every=None)
+    report = cross_validate(validate(tree), 2, keep="none", log=quiet)
+    assert report["metric"] == "f1" and report["split"] == "grouped by document (16 documents)"
+    held = [json.loads((tmp_path / "cv" / f"fold-{k}" / "fold.json").read_text())["held_out"]
+            for k in (0, 1)]
+    starts = {s.where: s.doc for s in read_conll(files["train"], 0, -1, "iob2")}
+    assert sorted(held[0] + held[1]) == sorted(starts)  # every sentence held out once
+    assert not {starts[w] for w in held[0]} & {starts[w] for w in held[1]}  # whole documents
+    for name in ("f1", "precision", "recall", "token_accuracy", "loss"):
+        values = [f["scores"][name] for f in report["per_fold"]]
+        assert report["mean"][name] == pytest.approx(statistics.fmean(values))

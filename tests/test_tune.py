@@ -189,3 +189,30 @@ def test_tune_errors_come_before_any_trial(tiny_model_dir, tiny_data, tmp_path, 
     write_config(path, tree, {"train.lr": {"log_uniform": [1e-5, 1e-2]}})
     with pytest.raises(CheckpointError, match="not empty; pass --overwrite"):
         tune(path, None, 1, log=quiet)
+
+
+def test_train_on_eval_sees_every_dev_evaluation_and_may_stop_the_run(tiny_model_dir, tiny_data,
+                                                                      tmp_path):
+    from tunelab.config import validate
+    from tunelab.train.run import train
+
+    cfg = validate(tiny_config(tiny_model_dir, tiny_data, tmp_path / "a", max_steps=8,
+                               eval_every=4))
+    seen: list[dict] = []
+    train(cfg, log=quiet, on_eval=seen.append)
+    logged = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert seen == [r for r in logged if r.get("split") == "dev"]
+    assert [r["step"] for r in seen] == [0, 4, 8]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(record: dict) -> None:
+        if record["step"] == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg.model_copy(update={"output_dir": str(tmp_path / "b")}), log=quiet,
+              on_eval=stop_at_4)
+    logged = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in logged) == 4
