@@ -39,6 +39,11 @@ def test_spaces_parse_every_distribution():
     assert kinds["method.targets"] == ("choice", (["query", "value"], "all-linear"))
     list_choice = space[-1]
     assert list_choice.value(0) == ["query", "value"]  # Optuna stores the option's index
+    from optuna.trial import FixedTrial
+
+    trial = FixedTrial({"train.lr": 3e-4, "train.warmup_ratio": 0.1, "train.batch_size": 16,
+                        "train.eval_batch_size": 32, "method.r": 16, "method.targets": 0})
+    assert [p.suggest(trial) for p in space] == [3e-4, 0.1, 16, 32, 16, ["query", "value"]]
 
 
 @pytest.mark.parametrize("search, message", [
