@@ -182,11 +182,13 @@ def _report(study: Any, tree: dict[str, Any], space: list[Param], metric: str, o
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    log(f"{'trial':>5}  {'state':<8}  {metric:>10}  params")
+    log(f"{'trial':>5}  {'state':<8}  {metric:<20}  params")
     for t in trials:
-        value = f"{t.value:.4f}" if t.value is not None else t.user_attrs.get("pruned_at", "-")
+        value = "-" if t.value is None else f"{t.value:.4f}"
+        if t.state == TrialState.PRUNED:  # its last reported value, where it stopped
+            value += f" at {t.user_attrs.get('pruned_at', '?')}"
         params = {p.key: p.value(t.params[p.key]) for p in space if p.key in t.params}
-        log(f"{t.number:>5}  {t.state.name.lower():<8}  {value:>10}  {_show(params)}")
+        log(f"{t.number:>5}  {t.state.name.lower():<8}  {value:<20}  {_show(params)}")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         raise CheckpointError(f"no trial of {out / STUDY_FILE} has finished ({len(trials)} "
