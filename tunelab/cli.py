@@ -91,6 +91,28 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--head", help="the adapter (directory name) whose task head to keep")
     m.add_argument("--into-base", action="store_true", help="write a merged full model instead")
     m.add_argument("--base", help="the base model, when the adapters name it differently")
+
+    cv = sub.add_parser("cv", help="K-fold cross-validation of a config: per-fold scores, "
+                                   "mean and standard deviation")
+    cv.add_argument("config")
+    cv.add_argument("overrides", nargs="*")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--keep", choices=["adapters", "none", "all"], default="adapters",
+                    help="what each OUT/fold-k keeps besides its scores and logs: the adapter "
+                         "(or model), nothing, or also checkpoints")
+    cv.add_argument("--overwrite", action="store_true", help="replace an earlier output_dir")
+
+    tu = sub.add_parser("tune", help="hyperparameter search (Optuna) over the config's search: "
+                                     "section; resumes its study")
+    tu.add_argument("config")
+    tu.add_argument("overrides", nargs="*")
+    tu.add_argument("--trials", type=int, required=True,
+                    help="finished trials the study should hold (a resumed study runs the rest)")
+    tu.add_argument("--cv", type=int, metavar="K", help="score each trial by K-fold cross-validation")
+    tu.add_argument("--keep", choices=["adapters", "none", "all"], default="none",
+                    help="what each OUT/trial-N keeps besides its scores and logs")
+    tu.add_argument("--no-prune", action="store_true", help="let every trial run to the end")
+    tu.add_argument("--overwrite", action="store_true", help="start a new study in output_dir")
     return p
 
 
@@ -170,4 +192,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = CombineSpec(args.combine, args.density, args.rank, args.majority_sign, args.seed)
         merge_adapters(args.sources, args.out, args.weights, spec, args.into_base, args.head,
                        args.base)
+    elif args.command == "cv":
+        from tunelab.eval.cv import cross_validate
+
+        cross_validate(load_config(args.config, args.overrides), args.folds, args.keep,
+                       args.overwrite)
+    elif args.command == "tune":
+        from tunelab.eval.tune import tune
+
+        tune(args.config, args.overrides, args.trials, args.cv, args.keep, args.overwrite,
+             prune=not args.no_prune)
     return 0

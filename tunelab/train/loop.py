@@ -57,8 +57,12 @@ class Trainer:
 
     def __init__(self, model: nn.Module, task: Any, train: Encoded, dev: Encoded, cfg: TrainConfig,
                  run_dir: Path, device: torch.device, log: Callable[[str], None] = print,
-                 dist: Dist = Dist(), lr_scales: dict[str, float] | None = None):
+                 dist: Dist = Dist(), lr_scales: dict[str, float] | None = None,
+                 on_eval: Callable[[dict[str, Any]], None] | None = None):
         self.model, self.task, self.train, self.dev = model, task, train, dev
+        # called with each dev record as it is logged; an exception it raises (a tuner's
+        # prune signal) ends the run there, uncheckpointed
+        self.on_eval = on_eval
         self.dist = dist
         if cfg.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
@@ -259,6 +263,8 @@ class Trainer:
                     ckpt.save_weights(self.model, self.run_dir / "best")
         else:
             self.state.bad_evals += 1
+        if self.on_eval is not None:
+            self.on_eval(record)
         return record
 
     def _early_stop(self) -> bool:
