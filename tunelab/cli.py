@@ -66,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="write base + adapter as one plain transformers checkpoint")
     m.add_argument("run_dir", type=Path)
     m.add_argument("out", type=Path)
+
+    x = sub.add_parser("export", help="write a run's adapter in another format (an AdaLoRA "
+                                      "run as a plain LoRA adapter at its final ranks)")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--to", choices=["lora"], required=True)
+    x.add_argument("out", type=Path)
     return p
 
 
@@ -124,4 +130,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         chat(args.target, args.system, args.max_new_tokens, args.temperature)
     elif args.command == "merge":
         commands.merge(args.run_dir, args.out)
+    elif args.command == "export":
+        from tunelab.export import export_run
+
+        export_run(args.run_dir, args.to, args.out)
     return 0
