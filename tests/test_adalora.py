@@ -5,8 +5,6 @@ resume, and export to a plain LoRA adapter that computes the same outputs."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import sigterm_after_step, tiny_config
 from test_methods_contract import INPUT, logits, method_cfg, perturb, tiny_classifier
 from tunelab import methods
 from tunelab.cli import main
@@ -25,7 +23,6 @@ from tunelab.errors import ConfigError, MethodError
 from tunelab.methods.adalora import adalora_layers, rank_pattern
 from tunelab.methods.lora import lora_layers
 from tunelab.methods.peft_format import load_adapter, save_adapter
-from tunelab.train import loop as loop_mod
 from tunelab.train.run import train
 from tunelab.train.signals import Interrupted
 
@@ -84,14 +81,20 @@ def train_both(theirs, ours, hook, steps: int) -> None:
         assert rank_pattern(ours) == peft_pattern(theirs), step
 
 
-def test_rank_allocation_matches_peft_step_for_step():
+def trained_pair(steps: int):
+    """peft's AdaLoRA model and ours from the same weights after `steps` identical steps."""
     torch.manual_seed(0)
     theirs = peft_adalora()
     ours = tiny_classifier()
     hook = methods.apply(ours, method_cfg("adalora", OURS)).hook
     copy_weights(theirs, ours)
     hook.start(10)
-    train_both(theirs, ours, hook, 10)
+    train_both(theirs, ours, hook, steps)
+    return theirs, ours
+
+
+def test_rank_allocation_matches_peft_step_for_step():
+    theirs, ours = trained_pair(10)
     ranks = {n: int(m.pattern().sum()) for n, m in adalora_layers(ours).items()}
     assert sum(ranks.values()) == 2 * 4  # target_r x layers after the final allocation
     assert len(set(ranks.values())) > 1  # the budget went where it helps: ranks differ
@@ -130,13 +133,7 @@ def test_schedule_without_a_shrinking_phase_is_refused():
 
 def test_peft_adapter_with_pruned_ranks_round_trips(tmp_path: Path):
     """peft trains and prunes; tunelab loads it at the kept ranks, re-saves it, peft reloads."""
-    torch.manual_seed(0)
-    theirs = peft_adalora()
-    ours = tiny_classifier()
-    hook = methods.apply(ours, method_cfg("adalora", OURS)).hook
-    copy_weights(theirs, ours)
-    hook.start(10)
-    train_both(theirs, ours, hook, 7)  # mid-schedule: some ranks pruned
+    theirs, _ = trained_pair(7)  # mid-schedule: some ranks pruned
     want = logits(theirs)
     theirs.save_pretrained(tmp_path / "peft")
     loaded = tiny_classifier()
@@ -262,18 +259,10 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, tiny_data, tmp_
     tree["model"]["dropout"] = 0.2
     train(validate(tree), log=quiet)
     tree["output_dir"] = str(tmp_path / "interrupted")
-    real_step = loop_mod.Trainer._step
-
-    def step_then_signal(self, step, trainable):
-        out = real_step(self, step, trainable)
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(loop_mod.Trainer, "_step", step_then_signal)
+    restore = sigterm_after_step(monkeypatch, 5)  # mid-schedule, between checkpoints
     with pytest.raises(Interrupted):
         train(validate(tree), log=quiet)
-    monkeypatch.setattr(loop_mod.Trainer, "_step", real_step)
+    restore()
     train(validate(tree), resume=True, log=quiet)
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "adapter" / "adapter_model.safetensors"))
