@@ -195,7 +195,7 @@ def test_peft_lora_rank_pattern_loads_by_its_suffix_rule(tmp_path: Path):
 
 
 def adalora_tree(model_dir, data, out, **train_kw) -> dict:
-    tree = tiny_config(model_dir, data, out, max_steps=12, lr=1e-2, **train_kw)
+    tree = tiny_config(model_dir, data, out, **{"max_steps": 12, "lr": 1e-2, **train_kw})
     tree["method"] = {"name": "adalora", "init_r": 4, "target_r": 2, "alpha": 8,
                       "targets": ["query", "value"], "tinit": 2, "tfinal": 3}
     return tree
@@ -291,3 +291,35 @@ def test_rank_pattern_names_must_fit_the_model():
         "bert.encoder.layer.0.attention.self.query.lora_E": [True, False, True, True]}})).hook
     with pytest.raises(ConfigError, match="method.rank_pattern: it describes a trained adapter"):
         hook.start(10)
+
+
+def test_penalty_counts_once_per_step_however_the_batch_is_split(tiny_model_dir, tiny_data,
+                                                                  tmp_path):
+    """One step over [8] examples equals one over micro-batches [3] + [5], penalty included."""
+    from tunelab.data import load_splits
+    from tunelab.models import load_classifier, load_tokenizer
+    from tunelab.tasks.classification import ClassificationTask
+    from tunelab.train.loop import Trainer
+
+    def one_step(parts: list[list[int]]) -> dict[str, torch.Tensor]:
+        tree = adalora_tree(tiny_model_dir, tiny_data, tmp_path, optimizer="sgd", momentum=0.0,
+                            max_grad_norm=None, lr=0.5, warmup_ratio=0.0, schedule="constant")
+        tree["method"]["orth_reg_weight"] = 2.0
+        cfg = validate(tree)
+        splits = load_splits(cfg.data)
+        torch.manual_seed(0)
+        model = load_classifier(tiny_model_dir, splits.labels, dropout=0.0)
+        report = methods.apply(model, cfg.method)
+        tok = load_tokenizer(tiny_model_dir)
+        task = ClassificationTask(splits.labels, 32, tok.pad_token_id)
+        trainer = Trainer(model, task, task.encode(tok, splits.train), task.encode(tok, splits.dev),
+                          cfg.train, tmp_path, torch.device("cpu"), hook=report.hook)
+        trainer.micro_batches = lambda step: parts
+        trainer._step(0, [p for p in model.parameters() if p.requires_grad])
+        assert trainer.hook_log["orth_reg"] > 0
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    whole = one_step([list(range(8))])
+    split = one_step([[0, 1, 2], [3, 4, 5, 6, 7]])
+    for name in whole:
+        assert torch.allclose(whole[name], split[name], atol=1e-6), name
