@@ -323,3 +323,38 @@ def test_penalty_counts_once_per_step_however_the_batch_is_split(tiny_model_dir,
     split = one_step([[0, 1, 2], [3, 4, 5, 6, 7]])
     for name in whole:
         assert torch.allclose(whole[name], split[name], atol=1e-6), name
+
+
+def test_two_process_ddp_allocates_as_one_process_and_fsdp_is_refused(tiny_model_dir, tiny_data,
+                                                                      tmp_path):
+    """Every process sees the all-reduced gradients, so all prune the same triplets."""
+    import sys
+
+    import yaml
+
+    from test_distributed import run
+
+    paths = {}
+    for name in ("single", "ddp", "fsdp"):
+        tree = adalora_tree(tiny_model_dir, tiny_data, tmp_path / name, eval_every=6)
+        tree["model"]["dropout"] = 0.0  # dropout draws differ per process
+        if name == "fsdp":
+            tree["train"]["distributed"] = "fsdp"
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(tree))
+    single = run([sys.executable, "-m", "tunelab", "train", str(paths["single"])], tmp_path)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29541", "-m", "tunelab", "train"]
+    ddp = run(torchrun + [str(paths["ddp"])], tmp_path)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors"))
+            for d in ("single", "ddp"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    ca, cb = (json.loads((tmp_path / d / "adapter" / "adapter_config.json").read_text())
+              for d in ("single", "ddp"))
+    assert ca["rank_pattern"] == cb["rank_pattern"] is not None
+    fsdp = run(torchrun + [str(paths["fsdp"])], tmp_path)
+    assert fsdp.returncode != 0
+    assert "train.distributed: fsdp shards the parameters, and this method's RankAllocator " \
+           "needs them whole every step; use ddp" in fsdp.stderr
