@@ -28,6 +28,9 @@ VARIANTS = [("full", {}), ("freeze", {"train_last_layers": 1}), ("bitfit", {}),
             ("lokr", {"r": 4}), ("lokr", {"r": 2, "decompose_both": True, "init": "lycoris",
                                           "targets": ["query", "value"], "rank_dropout": 0.2}),
             ("lokr", {"r": 8, "decompose_factor": 4, "rank_dropout_scale": True}),
+            ("adalora", {"init_r": 4, "target_r": 2}),
+            ("adalora", {"init_r": 6, "target_r": 3, "alpha": 16, "targets": ["query", "value"],
+                         "dropout": 0.1, "orth_reg_weight": 0.1}),
             ("houlsby", {}), ("houlsby", {"reduction_factor": 4, "non_linearity": "tanh"}),
             ("pfeiffer", {}), ("pfeiffer", {"reduction_factor": 2, "targets": ["query", "value"],
                                             "non_linearity": "gelu"})]
@@ -37,6 +40,7 @@ ADAPTER_PARAMS = {"lora": ("lora_A.weight", "lora_B.weight"),
                   "ia3": ("ia3_l",), "vera": ("vera_lambda_b", "vera_lambda_d"),
                   "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
                   "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
+                  "adalora": ("lora_A", "lora_E", "lora_B"),
                   "houlsby": ("adapter_down.weight", "adapter_down.bias", "adapter_up.weight",
                               "adapter_up.bias")}
 ADAPTER_PARAMS["pfeiffer"] = ADAPTER_PARAMS["houlsby"]

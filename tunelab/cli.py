@@ -113,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="what each OUT/trial-N keeps besides its scores and logs")
     tu.add_argument("--no-prune", action="store_true", help="let every trial run to the end")
     tu.add_argument("--overwrite", action="store_true", help="start a new study in output_dir")
+
+    x = sub.add_parser("export", help="write a run's adapter in another format (an AdaLoRA "
+                                      "run as a plain LoRA adapter at its final ranks)")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--to", choices=["lora"], required=True)
+    x.add_argument("out", type=Path)
     return p
 
 
@@ -202,4 +208,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         tune(args.config, args.overrides, args.trials, args.cv, args.keep, args.overwrite,
              prune=not args.no_prune)
+    elif args.command == "export":
+        from tunelab.export import export_run
+
+        export_run(args.run_dir, args.to, args.out)
     return 0

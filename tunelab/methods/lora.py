@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from tunelab.errors import MethodError
@@ -32,6 +32,9 @@ class LoraConfig(StrictModel):
     init: Literal["default", "gaussian", "pissa"] = "default"
     # LoRA+ (Hayou et al., 2024): B trains at train.lr * this ratio (the paper suggests ~16)
     loraplus_lr_ratio: float | None = Field(None, ge=1.0)
+    # per-layer r, as peft's rank_pattern: {module name or suffix: r}; other layers get r
+    # (what `tunelab export --to lora` writes for an AdaLoRA run's final ranks)
+    rank_pattern: dict[str, Annotated[int, Field(ge=1, le=4096)]] = {}
 
     @field_validator("targets")
     @classmethod
@@ -46,6 +49,20 @@ class LoraConfig(StrictModel):
             except re.error as exc:
                 raise ValueError(f"not a valid regex ({exc})") from None
         return v
+
+    @model_validator(mode="after")
+    def _pattern_without_pissa(self) -> "LoraConfig":
+        if self.rank_pattern and self.init == "pissa":
+            raise ValueError("rank_pattern cannot be combined with init: pissa; drop one of them")
+        return self
+
+
+def pattern_rank(pattern: dict[str, int], name: str, default: int) -> int:
+    """peft's rule: the first key that matches the end of the module name (after a dot)."""
+    for key, r in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return r
+    return default
 
 
 def lora_scaling(alpha: float, r: int, rule: str) -> float:
@@ -230,8 +247,8 @@ INITS: dict[str, Callable[[LoraLinear], None]] = {
 
 
 # PEFT LoRA config keys we cannot honour yet, with the value that means "not used".
-_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
-                "exclude_modules": None, "lora_bias": False, "bias": "none"}
+_UNSUPPORTED = {"alpha_pattern": {}, "layers_to_transform": None, "exclude_modules": None,
+                "lora_bias": False, "bias": "none"}
 
 
 class LoraMethod(AdapterMethod):
@@ -246,8 +263,8 @@ class LoraMethod(AdapterMethod):
         chosen = tgt.select(model, cfg.targets, exclude=head)
         freeze_all(model)
         for name in chosen:
-            layer = cls.layer_cls(model.get_submodule(name), cfg.r, cfg.alpha, cfg.dropout,
-                                  cfg.scaling)
+            r = pattern_rank(cfg.rank_pattern, name, cfg.r)
+            layer = cls.layer_cls(model.get_submodule(name), r, cfg.alpha, cfg.dropout, cfg.scaling)
             INITS[cfg.init](layer)
             layer.finish_init()
             layer.weight.requires_grad_(False)
@@ -256,7 +273,9 @@ class LoraMethod(AdapterMethod):
             tgt.replace_module(model, name, layer)
         unfreeze(model, head)
         rule = "alpha/sqrt(r)" if cfg.scaling == "rslora" else "alpha/r"
-        note = f"r={cfg.r}, alpha={cfg.alpha:g}, scaling {rule}, init {cfg.init}, dropout {cfg.dropout:g}"
+        ranks = f" ({len(cfg.rank_pattern)} layers by rank_pattern)" if cfg.rank_pattern else ""
+        note = (f"r={cfg.r}{ranks}, alpha={cfg.alpha:g}, scaling {rule}, init {cfg.init}, "
+                f"dropout {cfg.dropout:g}")
         out = report(cls.name, model, chosen, head, [note])
         if cfg.loraplus_lr_ratio is not None:
             out.lr_scales = {f"{n}.lora_B.weight": cfg.loraplus_lr_ratio for n in chosen}
@@ -276,7 +295,8 @@ class LoraMethod(AdapterMethod):
         r, alpha = (2 * cfg.r, cfg.alpha * (math.sqrt(2) if cfg.scaling == "rslora" else 2.0)) \
             if pissa else (cfg.r, cfg.alpha)
         return peft_lora_config(model, head, layers, r, alpha, cfg.dropout, cfg.scaling == "rslora",
-                                cls.use_dora)
+                                cls.use_dora,
+                                dict(cfg.rank_pattern))
 
     @classmethod
     def adapter_tensors(cls, model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
@@ -301,17 +321,19 @@ class LoraMethod(AdapterMethod):
                               alpha=required(config, "lora_alpha", source),
                               dropout=config.get("lora_dropout", 0.0),
                               targets=required(config, "target_modules", source),
-                              scaling="rslora" if config.get("use_rslora") else "standard")
+                              scaling="rslora" if config.get("use_rslora") else "standard",
+                              rank_pattern=config.get("rank_pattern") or {})
 
 
 def peft_lora_config(model: nn.Module, head: list[str], layers: dict[str, LoraLinear], r: int,
-                     alpha: float, dropout: float, rslora: bool, dora: bool) -> dict[str, Any]:
+                     alpha: float, dropout: float, rslora: bool, dora: bool,
+                     rank_pattern: dict[str, int] | None = None) -> dict[str, Any]:
     """adapter_config.json's LoRA keys for an adapter on `layers` of `model`."""
     return {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
             "target_modules": tgt.compact(list(layers), tgt.linear_names(model, head, (AdapterLayer,))),
             "use_rslora": rslora, "use_dora": dora, "init_lora_weights": True, "bias": "none",
             "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
-            "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+            "rank_pattern": rank_pattern or {}, "alpha_pattern": {}, "layers_to_transform": None,
             "layers_pattern": None}
 
 

@@ -108,7 +108,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                                           **s.info})
 
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
-                      lr_scales=report.lr_scales, on_eval=on_eval)
+                      lr_scales=report.lr_scales, on_eval=on_eval,
+                      hook=report.hook)
     start = trainer.resume() if resume else 0
     log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
         f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
@@ -149,7 +150,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                "artifact_kind": "adapter" if method_cls.saves_adapter else "model",
                "artifact": str(out), "metrics_file": str(run_dir / METRICS_FILE),
                "plot": str(plot) if plot else None, "checkpoints": str(run_dir / "checkpoints"),
-               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])}
+               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]),
+               **trainer.hook.finish(run_dir, log)}
     write_json(run_dir / "summary.json", summary)
     for line in summary_lines(summary):
         log(line)
