@@ -30,6 +30,10 @@ def info(cfg: RunConfig) -> None:
 
         tags = load_conll_splits(cfg.data).tags
         model = load_token_classifier(resolve(cfg.model.name), tags, cfg.model.dropout)
+    elif cfg.task == "masked_lm":
+        from tunelab.models.mlm import load_masked_lm
+
+        model = load_masked_lm(resolve(cfg.model.name), cfg.model.dropout)[0]
     else:
         splits = load_splits(cfg.data)
         model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
@@ -51,6 +55,10 @@ def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | 
         return _evaluate_lm(model, tokenizer, cfg, data)
     if info["task"] == "translation":
         return _evaluate_translation(model, tokenizer, cfg, info, data)
+    if info["task"] == "masked_lm":
+        from tunelab.tasks.mlm_setup import evaluate_mlm
+
+        return evaluate_mlm(model, tokenizer, cfg, data)
     if info["task"] == "token_classification":
         from tunelab import ner_commands
 
@@ -137,6 +145,9 @@ def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[s
         from tunelab import ner_commands
 
         return ner_commands.predict(model, tokenizer, info, texts)
+    if info["task"] == "masked_lm":
+        raise DataError(f"predict: {run_dir} is a masked_lm run (continued pretraining); score it "
+                        "with `tunelab eval`, or fine-tune from it with model.name: {run_dir}")
     if info["task"] != "classification":
         raise DataError(f"predict: {run_dir} is a {info['task']} run; use `tunelab generate`")
     pairs = None
@@ -179,7 +190,8 @@ def merge(run_dir: Path, out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     auto = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
-            "token_classification": "AutoModelForTokenClassification"}.get(
+            "token_classification": "AutoModelForTokenClassification",
+            "masked_lm": "AutoModelForMaskedLM"}.get(
         info.get("route", info["task"]), "AutoModelForSequenceClassification")
     print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
           f"transformers.{auto}.from_pretrained)")

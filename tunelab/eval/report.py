@@ -39,7 +39,8 @@ def plot_history(history: list[dict[str, Any]], metric: str, path: Path) -> Path
 def format_scores(scores: dict[str, Any]) -> str:
     names = {"f1": "entity F1", "precision": "entity P", "recall": "entity R",
              "token_accuracy": "token accuracy", "accuracy": "accuracy", "macro_f1": "macro-F1",
-             "loss": "loss", "perplexity": "perplexity", "bleu": "BLEU", "chrf": "chrF"}
+             "loss": "loss", "perplexity": "perplexity", "bleu": "BLEU", "chrf": "chrF",
+             "masked_accuracy": "masked-token accuracy"}
     return "  ".join(f"{names[k]}: {scores[k]:.4f}" for k in names if k in scores)
 
 

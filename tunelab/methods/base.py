@@ -133,8 +133,19 @@ def required(config: dict[str, Any], key: str, source: str) -> Any:
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Names of the task head modules at the top of a transformers task model."""
+    """Names of the task head modules at the top of a transformers task model. A masked LM's
+    head is everything beside its encoder (BERT's `cls`, RoBERTa's `lm_head`)."""
+    if type(model).__name__.endswith("ForMaskedLM"):
+        return [n for n, _ in model.named_children() if n != model.base_model_prefix]
     return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+
+
+def owned_parameters(model: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
+    """(name inside the module, parameter) for the parameters module `name` owns. A weight tied
+    to another module (a masked LM's output layer sharing the input embeddings) is owned by the
+    module that registered it first, so an MLM head never trains or saves the embeddings."""
+    prefix = name + "."
+    return [(n[len(prefix):], p) for n, p in model.named_parameters() if n.startswith(prefix)]
 
 
 def freeze_all(model: nn.Module) -> None:
@@ -144,7 +155,7 @@ def freeze_all(model: nn.Module) -> None:
 
 def unfreeze(model: nn.Module, names: list[str]) -> None:
     for name in names:
-        for p in model.get_submodule(name).parameters():
+        for _, p in owned_parameters(model, name):
             p.requires_grad_(True)
 
 

@@ -22,7 +22,8 @@ from torch import nn
 from tunelab.atomic import atomic_write
 from tunelab.errors import AdapterError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import PEFT_PREFIX, AdapterMethod, ApplyReport, adapter_layers
+from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, adapter_layers,
+                                  owned_parameters)
 from tunelab.methods.lora import LoraLinear
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
@@ -31,7 +32,8 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = PEFT_PREFIX
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM",
-              "token_classification": "TOKEN_CLS"}
+              "token_classification": "TOKEN_CLS",
+              "masked_lm": None}  # peft has no masked-LM task type: a plain PeftModel
 # PEFT config keys we cannot honour yet, with the value that means "not used".
 _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
                 "exclude_modules": None, "lora_bias": False,
@@ -53,7 +55,7 @@ def adapter_tensors(model: nn.Module, cfg: StrictModel, head: list[str]) -> dict
     """Every tensor the adapter file holds: the method's, then the head's (as modules_to_save)."""
     out = dict(_method_of(cfg).adapter_tensors(model, head))
     for h in head:
-        for pname, p in model.get_submodule(h).named_parameters():
+        for pname, p in owned_parameters(model, h):
             out[f"{PREFIX}{h}.{pname}"] = p
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 

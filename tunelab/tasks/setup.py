@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.config import (CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun,
-                            TranslationDataConfig, TranslationRun)
+from tunelab.config import (CausalLMRun, ClassificationRun, MaskedLMRun, RunConfig,
+                            TokenClassificationRun, TranslationDataConfig, TranslationRun)
 from tunelab.data import Splits, load_splits
 from tunelab.data.blocks import encode_blocks, held_out_blocks
 from tunelab.data.conll import TagSplits, load_conll_splits
@@ -204,9 +204,17 @@ def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]
                   "label_all_subtokens": d.label_all_subtokens})
 
 
+def masked_lm(cfg: MaskedLMRun, log: Callable[[str], None]) -> Setup:
+    """Masked-LM continued pretraining of an encoder on unlabeled text."""
+    from tunelab.tasks.mlm_setup import masked_lm_setup
+
+    return Setup(*masked_lm_setup(cfg, log))
+
+
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
     "classification": classification, "causal_lm": causal_lm,
-    "token_classification": token_classification, "translation": translation}
+    "token_classification": token_classification, "translation": translation,
+    "masked_lm": masked_lm}
 
 
 # tasks whose setup takes ready-made splits (cross-validation folds)

@@ -229,6 +229,8 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; the loss is the mean per example
         over the whole step, however the examples are split."""
         parts = self.micro_batches(step)
+        if hasattr(self.task, "set_step"):  # random batches (MLM masks) are drawn from the step
+            self.task.set_step(step)
         n = max(1, sum(self.task.units(self.train, p) for p in parts))  # over all ranks
         # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
         scale = self.dist.world / n

@@ -17,6 +17,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.report import plot_history, summary_lines
 from tunelab.methods.peft_format import save_adapter
+from tunelab.models.from_run import run_chain
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.tasks.setup import setup
 from tunelab.train import checkpoint as ckpt
@@ -105,7 +106,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                                           "model_name": cfg.model.name,
                                           "method": cfg.method.name, "artifact": artifact,
                                           "max_length": cfg.model.max_length, "world_size": dist.world,
-                                          **s.info})
+                                          **run_chain(cfg.model.name), **s.info})
 
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
                       lr_scales=report.lr_scales, on_eval=on_eval,
