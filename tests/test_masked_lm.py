@@ -364,3 +364,13 @@ def test_a_labelled_tsv_reads_its_text_column_only(tmp_path):
     assert len(train_texts) == 2 and len(held) == 1
     with pytest.raises(DataError, match="no column 'text' in the header"):
         read_texts(str(path), MaskedLMDataConfig(path=str(path)))
+
+
+def test_data_inspect_shows_the_first_steps_masks(bert_dir, texts, tmp_path, capsys):
+    from tunelab.inspect_data import inspect
+
+    inspect(validate(mlm_config(bert_dir, texts, tmp_path)), n=40, colour=False)
+    out = capsys.readouterr().out
+    assert "400 training texts -> 400 windows" in out and "held-out: 60 texts" in out
+    assert "->[MASK]]]" in out and "[[" in out
+    assert "[CLS]" in out and "[[[CLS]" not in out  # specials shown, never predicted

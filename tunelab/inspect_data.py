@@ -6,7 +6,8 @@ import sys
 from collections import Counter
 from itertools import groupby
 
-from tunelab.config import CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun
+from tunelab.config import (CausalLMRun, ClassificationRun, MaskedLMRun, RunConfig,
+                            TokenClassificationRun)
 from tunelab.data import load_splits
 from tunelab.data.render import IGNORE, histogram
 from tunelab.models import load_tokenizer, resolve
@@ -34,6 +35,10 @@ def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
         from tunelab.inspect_tags import inspect_tags
 
         return inspect_tags(cfg, n, colour)
+    if isinstance(cfg, MaskedLMRun):
+        from tunelab.inspect_masks import inspect_masks
+
+        return inspect_masks(cfg, n, colour)
     assert isinstance(cfg, CausalLMRun)
     records, held = split_records(cfg)
     tokenizer = load_tokenizer(resolve(cfg.model.name))

@@ -116,6 +116,10 @@ class Masker:
                 inputs[pos] = self.random_pool[rng.randrange(len(self.random_pool))]
         return inputs, labels
 
+    def draw(self, data: MLMEncoded, i: int, key: str) -> tuple[list[int], list[int]]:
+        """Example i's (inputs, labels) under `key`: the same in whatever batch it lands."""
+        return self.mask(data.input_ids[i], data.words[i], random.Random(f"{key}:{i}"))
+
     def batch(self, data: MLMEncoded, index: list[int], key: str) -> dict[str, torch.Tensor]:
         """Right-padded (B, T) input_ids, attention_mask and labels; example i's draw is seeded
         by (key, i) alone."""
@@ -124,8 +128,7 @@ class Masker:
         labels = torch.full((len(index), width), IGNORE, dtype=torch.long)
         attn = torch.zeros((len(index), width), dtype=torch.long)
         for row, i in enumerate(index):
-            inputs, targets = self.mask(data.input_ids[i], data.words[i],
-                                        random.Random(f"{key}:{i}"))
+            inputs, targets = self.draw(data, i, key)
             n = len(inputs)
             ids[row, :n] = torch.tensor(inputs)
             labels[row, :n] = torch.tensor(targets)

@@ -21,6 +21,11 @@ from tunelab.methods.base import head_modules
 EVAL_KEY = "eval"  # held-out masks: the same in every evaluation and every run
 
 
+def step_key(seed: int, step: int) -> str:
+    """The key training step `step` draws its masks from."""
+    return f"{seed}:{step}"
+
+
 def mlm_head(model: nn.Module) -> nn.Module | None:
     """The model's MLM head when it is one module applied to the encoder's output (BERT's
     `cls`, RoBERTa's `lm_head`); None when it is spread over several (then the whole model runs)."""
@@ -52,7 +57,7 @@ class MaskedLMTask:
         self.step = step
 
     def collate(self, data: MLMEncoded, index: list[int]) -> dict[str, torch.Tensor]:
-        return self.masker.batch(data, index, f"{self.seed}:{self.step}")
+        return self.masker.batch(data, index, step_key(self.seed, self.step))
 
     def units(self, data: MLMEncoded, index: list[int]) -> float:
         """The masked tokens these examples hold on average (rate x maskable tokens): a step's
