@@ -9,7 +9,7 @@ Stage 2 (per seed): LoRA classification on a fixed seeded 1,000-example subset o
 (`model.name: <its run dir>`) and once from the original MiniLM, with the same settings and
 training seed; dev accuracy on all 872 SST-2 dev examples. Writes a section into BENCHMARKS.md.
 
-    python bench/domain_adapt.py [--mlm-steps 700] [--seeds 0 1 2]
+    python bench/domain_adapt.py [--mlm-steps 400] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def mlm_config(args, out: Path):
     return load_config(None, [
         "task=masked_lm", "model.name=minilm", f"model.max_length={MAX_LEN}", "data.path=sst2",
         f"data.eval_path={dev}", "data.text_column=sentence", *method,
-        f"train.max_steps={args.mlm_steps}", f"train.batch_size={BATCH}",
+        f"train.max_steps={args.mlm_steps}", f"train.batch_size={args.mlm_batch}",
         f"train.lr={args.mlm_lr}", "train.warmup_ratio=0.06", "train.checkpoint_every=100000",
         "train.seed=0", "train.precision=fp32", f"output_dir={out}"])
 
@@ -70,8 +70,8 @@ def section(args, mlm: dict, rows: list[tuple[int, float, float]]) -> str:
              f"Measured {date.today()} on {machine()}. Stage 1: masked-LM continued pretraining "
              f"of all-MiniLM-L6-v2 ({method}, MLM head initialised by tunelab: tied to the input "
              f"embeddings, unigram-prior output bias) on the SST-2 training sentences with "
-             f"labels ignored: {mlm['steps']} steps of batch {BATCH} "
-             f"({mlm['steps'] * BATCH:,} texts of 67,349, max length {MAX_LEN}), lr "
+             f"labels ignored: {mlm['steps']} steps of batch {args.mlm_batch} "
+             f"({mlm['steps'] * args.mlm_batch:,} texts of 67,349, max length {MAX_LEN}), lr "
              f"{args.mlm_lr}, linear schedule, warmup 6%, 15% of tokens masked (80/10/10), seed 0, "
              f"{mlm['train_seconds']:.0f} s of training. Held-out masked-token loss on the 872 "
              f"SST-2 dev sentences (fixed masks): {before['loss']:.4f} -> {after['loss']:.4f} "
@@ -90,7 +90,8 @@ def section(args, mlm: dict, rows: list[tuple[int, float, float]]) -> str:
     lines.append(f"| mean | {mean(base):.4f} | {mean(adapted):.4f} | "
                  f"{mean(adapted) - mean(base):+.4f} |")
     lines += ["", f"Command: `python bench/domain_adapt.py --mlm-steps {args.mlm_steps} "
-              f"--mlm-method {args.mlm_method} --mlm-lr {args.mlm_lr} --examples {args.examples} "
+              f"--mlm-method {args.mlm_method} --mlm-lr {args.mlm_lr} --mlm-batch {args.mlm_batch} "
+              f"--examples {args.examples} "
               f"--epochs {args.epochs:g} --lr {args.lr} --seeds {' '.join(map(str, args.seeds))}` "
               "(one thread: `OMP_NUM_THREADS=1`)."]
     return "\n".join(lines) + "\n"
@@ -98,9 +99,10 @@ def section(args, mlm: dict, rows: list[tuple[int, float, float]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mlm-steps", type=int, default=700)
+    p.add_argument("--mlm-steps", type=int, default=400)
     p.add_argument("--mlm-method", choices=["full", "lora"], default="full")
     p.add_argument("--mlm-lr", type=float, default=1e-4)
+    p.add_argument("--mlm-batch", type=int, default=64)
     p.add_argument("--examples", type=int, default=1000)
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
