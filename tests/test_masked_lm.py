@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FILL, NEG, POS, synthetic_rows
+from conftest import FILL, NEG, POS, sigterm_after_step, synthetic_rows
 from tunelab.commands import evaluate, merge, predict
 from tunelab.config import validate
 from tunelab.data.masking import IGNORE, SPECIAL, Masker, encode_texts
@@ -24,7 +22,6 @@ from tunelab.errors import ConfigError, DataError, ModelError
 from tunelab.methods.base import head_modules
 from tunelab.models.mlm import init_head, load_masked_lm, token_counts
 from tunelab.runs import load_trained
-from tunelab.train import loop as loop_mod
 from tunelab.train.run import train
 from tunelab.train.signals import Interrupted
 
@@ -255,18 +252,10 @@ def test_mlm_resume_draws_the_same_masks(bert_dir, texts, tmp_path, monkeypatch)
     straight = train(validate(tree), log=quiet)
     assert straight["final_dev"]["loss"] < straight["initial_dev"]["loss"] - 0.15  # full learns
     tree["output_dir"] = str(tmp_path / "interrupted")
-    real_step = loop_mod.Trainer._step
-
-    def step_then_signal(self, step, trainable):
-        result = real_step(self, step, trainable)
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(loop_mod.Trainer, "_step", step_then_signal)
+    restore = sigterm_after_step(monkeypatch, 5)
     with pytest.raises(Interrupted):
         train(validate(tree), log=quiet)
-    monkeypatch.setattr(loop_mod.Trainer, "_step", real_step)
+    restore()
     train(validate(tree), resume=True, log=quiet)
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "model" / "model.safetensors"))

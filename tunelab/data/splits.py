@@ -94,6 +94,16 @@ def load_splits(cfg: DataConfig) -> Splits:
     return Splits(train, dev, test, labels, notes)
 
 
+def hold_out(items: list, size: int, seed: int, what: str = "examples") -> tuple[list, list]:
+    """(the rest, `size` items held out): a seeded random choice, both parts in file order."""
+    if size >= len(items):
+        raise DataError(f"data.eval_size {size} leaves no training {what} out of {len(items)}; "
+                        "lower it or give data.eval_path")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in sorted(order[size:])], [items[i] for i in sorted(order[:size])]
+
+
 def limit_sizes(cfg, train: list[T], dev: list[T], test: list[T] | None, notes: list[str],
                 noun: str) -> tuple[list[T], list[T], list[T] | None]:
     """Seeded subsets per cfg.max_train_examples / cfg.max_eval_examples (any data config that

@@ -8,13 +8,13 @@ pretraining. Every text keeps where it came from (file:line), for error messages
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from tunelab.config import MaskedLMDataConfig
 from tunelab.data.catalog import catalog_path, lookup
 from tunelab.data.readers import Columns, read_examples
 from tunelab.data.sft import PlainText, load_records
+from tunelab.data.splits import hold_out
 from tunelab.errors import DataError
 
 DELIMITED = (".tsv", ".csv")
@@ -52,13 +52,7 @@ def split_texts(d: MaskedLMDataConfig) -> tuple[list[PlainText], list[PlainText]
     if d.eval_path:
         held, source = read_texts(d.eval_path, d), d.eval_path
     else:
-        if d.eval_size >= len(texts):
-            raise DataError(f"data.eval_size {d.eval_size} leaves no training text out of "
-                            f"{len(texts)}; lower it or give data.eval_path")
-        order = list(range(len(texts)))
-        random.Random(d.split_seed).shuffle(order)
-        held = [texts[i] for i in sorted(order[: d.eval_size])]
-        texts = [texts[i] for i in sorted(order[d.eval_size:])]
+        texts, held = hold_out(texts, d.eval_size, d.split_seed, "texts")
         source = f"{d.eval_size} texts held out of {d.path} (seed {d.split_seed})"
     if d.max_examples:
         texts = texts[: d.max_examples]

@@ -5,7 +5,6 @@ Data are read before any weights load, so data errors surface in a second.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +17,7 @@ from tunelab.data.conll import TagSplits, load_conll_splits
 from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, read_parallel
 from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
-from tunelab.errors import DataError
+from tunelab.data.splits import hold_out
 from tunelab.models import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
                             load_token_classifier, load_tokenizer, resolve)
 from tunelab.tasks.causal_lm import CausalLMTask
@@ -62,13 +61,7 @@ def split_records(cfg: CausalLMRun) -> tuple[list, list]:
     if d.eval_path:
         held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split)
     else:
-        if d.eval_size >= len(records):
-            raise DataError(f"data.eval_size {d.eval_size} leaves no training examples out of "
-                            f"{len(records)}; lower it or give data.eval_path")
-        order = list(range(len(records)))
-        random.Random(d.split_seed).shuffle(order)
-        held = [records[i] for i in sorted(order[: d.eval_size])]
-        records = [records[i] for i in sorted(order[d.eval_size:])]
+        records, held = hold_out(records, d.eval_size, d.split_seed)
     if d.max_examples:
         records = records[: d.max_examples]
     return records, held
