@@ -363,3 +363,29 @@ def test_data_inspect_shows_the_first_steps_masks(bert_dir, texts, tmp_path, cap
     assert "400 training texts -> 400 windows" in out and "held-out: 60 texts" in out
     assert "->[MASK]]]" in out and "[[" in out
     assert "[CLS]" in out and "[[[CLS]" not in out  # specials shown, never predicted
+
+
+@pytest.mark.real
+def test_mlm_on_minilm_initialises_its_head_learns_and_becomes_a_base(tmp_path, monkeypatch):
+    from conftest import real_data_dir
+    from tunelab.config import load_config
+    from tunelab.models import load_classifier, resolve
+
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(real_data_dir()))
+    out = tmp_path / "mlm"
+    cfg = load_config(None, ["task=masked_lm", "model.name=minilm", "model.max_length=64",
+                             "data.path=sst2", "data.eval_size=200", "data.max_examples=1280",
+                             "method.name=lora", "train.lr=2e-3", "train.max_steps=40",
+                             "train.batch_size=32", f"output_dir={out}"])
+    logs: list[str] = []
+    summary = train(cfg, log=logs.append)
+    assert any(line.startswith("MLM head: not in the checkpoint") for line in logs)
+    before, after = summary["initial_dev"], summary["final_dev"]
+    # the unigram-prior bias (from 1,280 texts here); a random head scores about log(30522)
+    assert before["loss"] < math.log(30522) - 1.5
+    assert after["loss"] < before["loss"] - 0.5, (before, after)  # 8.17 -> 6.99 when written
+    base = resolve(str(out))
+    ours, original = load_classifier(base, ["0", "1"]), load_classifier(resolve("minilm"), ["0", "1"])
+    assert torch.equal(ours.bert.pooler.dense.weight, original.bert.pooler.dense.weight)
+    assert not torch.equal(ours.bert.encoder.layer[0].attention.self.query.weight,
+                           original.bert.encoder.layer[0].attention.self.query.weight)
