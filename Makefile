@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sft_vs_trl.py
 	$(BIN)/python bench/ner_vs_peft.py
 	$(BIN)/python bench/cv_tune.py
+	$(BIN)/python bench/domain_adapt.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
