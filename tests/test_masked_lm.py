@@ -389,3 +389,15 @@ def test_mlm_on_minilm_initialises_its_head_learns_and_becomes_a_base(tmp_path, 
     assert torch.equal(ours.bert.pooler.dense.weight, original.bert.pooler.dense.weight)
     assert not torch.equal(ours.bert.encoder.layer[0].attention.self.query.weight,
                            original.bert.encoder.layer[0].attention.self.query.weight)
+
+
+def test_a_checkpoint_with_its_mlm_head_keeps_it(bert_dir, tmp_path):
+    model, missing = load_masked_lm(bert_dir)
+    init_head(model, missing, torch.zeros(model.config.vocab_size, dtype=torch.long))
+    with torch.no_grad():
+        model.cls.predictions.transform.dense.weight.mul_(3.0)
+    model.save_pretrained(tmp_path / "with-head")
+    again, missing = load_masked_lm(tmp_path / "with-head")
+    assert missing == [] and init_head(again, missing, None) == ["MLM head: loaded from the checkpoint"]
+    assert torch.equal(again.cls.predictions.transform.dense.weight,
+                       model.cls.predictions.transform.dense.weight)

@@ -54,13 +54,16 @@ def init_head(model: nn.Module, missing: list[str], token_counts: torch.Tensor) 
     if not missing:
         return ["MLM head: loaded from the checkpoint"]
     out_layer = model.get_output_embeddings()
-    tied = out_layer.weight is model.get_input_embeddings().weight
+    projection = "tied to the input embeddings" \
+        if out_layer.weight is model.get_input_embeddings().weight else "from the checkpoint"
     std = float(getattr(model.config, "initializer_range", 0.02))
+    lacking = set(missing)
     with torch.no_grad():
         for h in head_modules(model):
-            for name, module in model.get_submodule(h).named_modules():
-                if module is out_layer:
-                    continue
+            for name, module in model.get_submodule(h).named_modules(prefix=h):
+                if module is out_layer or not any(f"{name}.{n}" in lacking
+                                                  for n, _ in module.named_parameters()):
+                    continue  # the vocabulary layer, or weights the checkpoint holds
                 if isinstance(module, nn.Linear):
                     module.weight.normal_(0.0, std)
                     if module.bias is not None:
@@ -68,14 +71,16 @@ def init_head(model: nn.Module, missing: list[str], token_counts: torch.Tensor) 
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.fill_(1.0)
                     module.bias.zero_()
-        if not tied:  # a head with its own projection starts as a copy of the input embeddings
+        names = {id(p): n for n, p in model.named_parameters()}
+        if names[id(out_layer.weight)] in lacking:  # its own projection: start as the embeddings
             out_layer.weight.copy_(model.get_input_embeddings().weight)
-        if out_layer.bias is not None:
+            projection = "a copy of the input embeddings"
+        if out_layer.bias is not None and names[id(out_layer.bias)] in lacking:
             prior = (token_counts.double() + 1).div(token_counts.sum() + len(token_counts)).log()
             out_layer.bias.copy_(prior.to(out_layer.bias.dtype))
     return [f"MLM head: not in the checkpoint ({len(missing)} tensors: "
             f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); initialised: "
-            f"vocabulary projection {'tied to' if tied else 'copied from'} the input embeddings, "
+            f"vocabulary projection {projection}, "
             f"transform Linear normal(0, {std}) with zero bias, LayerNorm 1/0, output bias = log "
             "token frequency in the training text (add-one smoothed)"]
 
