@@ -401,3 +401,15 @@ def test_a_checkpoint_with_its_mlm_head_keeps_it(bert_dir, tmp_path):
     assert missing == [] and init_head(again, missing, None) == ["MLM head: loaded from the checkpoint"]
     assert torch.equal(again.cls.predictions.transform.dense.weight,
                        model.cls.predictions.transform.dense.weight)
+
+
+def test_a_tied_layer_named_by_the_user_trains_its_shared_weight(bert_dir, texts, tmp_path):
+    from tunelab import methods
+
+    model, _ = load_masked_lm(bert_dir)
+    cfg = validate(mlm_config(bert_dir, texts, tmp_path, method={
+        "name": "freeze", "train_last_layers": 0, "train_modules": ["decoder"]})).method
+    methods.apply(model, cfg)
+    assert model.bert.embeddings.word_embeddings.weight.requires_grad  # asked for by name
+    assert model.cls.predictions.transform.dense.weight.requires_grad  # the head, as always
+    assert not model.bert.encoder.layer[0].attention.self.query.weight.requires_grad

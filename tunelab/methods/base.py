@@ -154,8 +154,18 @@ def freeze_all(model: nn.Module) -> None:
 
 
 def unfreeze(model: nn.Module, names: list[str]) -> None:
+    """Train the parameters the named modules own (the task head: a tied output layer stays
+    with the embeddings it shares)."""
     for name in names:
         for _, p in owned_parameters(model, name):
+            p.requires_grad_(True)
+
+
+def unfreeze_all_in(model: nn.Module, names: list[str]) -> None:
+    """Train every parameter inside the named modules, tied ones included (modules the user
+    chose by name: asking for a tied `lm_head` trains the embeddings it shares)."""
+    for name in names:
+        for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)
 
 
