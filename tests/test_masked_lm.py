@@ -312,6 +312,28 @@ def test_fine_tuning_from_an_mlm_run(bert_dir, texts, cls_data, tmp_path, first,
     # eval reloads the adapted base (plus this run's weights): the training run's own score
     scores = evaluate(out, None, "dev")
     assert scores["accuracy"] == pytest.approx(summary["final_dev"]["accuracy"])
+    # predict and merge use it too: the same probabilities as the run's model, and not those
+    # of the same head and adapter on the original base
+    ours, tok, _ = load_trained(out)
+    enc = tok(["the movie was good", "awful plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = ours(**enc).logits.softmax(-1)
+    got = predict(out, ["the movie was good", "awful plot"], None)
+    assert [p for _, p in got] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+    from transformers import AutoModelForSequenceClassification
+
+    merge(out, tmp_path / "merged")
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(**enc).logits.softmax(-1), probs, atol=1e-5)
+    if second == "lora":
+        from tunelab.methods.peft_format import load_adapter
+
+        plain = load_classifier(bert_dir, ["0", "1"])
+        load_adapter(plain, out / "adapter", head_modules(plain))
+        with torch.no_grad():
+            a, b = plain.eval().bert(**enc).last_hidden_state, ours.bert(**enc).last_hidden_state
+            assert (a - b).abs().max() > 1e-2
     # a deleted as_base/ is rebuilt from the run it came from
     shutil.rmtree(base)
     again = evaluate(out, None, "dev")
