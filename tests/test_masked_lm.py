@@ -287,8 +287,10 @@ def test_fine_tuning_from_an_mlm_run(bert_dir, texts, cls_data, tmp_path, first,
     from tunelab.models.load import load_classifier
 
     mlm = tmp_path / "mlm"
-    train(validate(mlm_config(bert_dir, texts, mlm, method={"name": first, **(
-        {"r": 4, "alpha": 8} if first == "lora" else {})}, max_steps=10)), log=quiet)
+    tree = mlm_config(bert_dir, texts, mlm, method={"name": first, **(
+        {"r": 4, "alpha": 8} if first == "lora" else {})}, max_steps=10)
+    tree["model"]["dropout"] = 0.0
+    train(validate(tree), log=quiet)
     mlm_model, _, _ = load_trained(mlm)
     from tunelab.methods.peft_format import merge as merge_layers
 
@@ -297,6 +299,9 @@ def test_fine_tuning_from_an_mlm_run(bert_dir, texts, cls_data, tmp_path, first,
     summary = train(validate(cls_config(mlm, cls_data, out, second)), log=quiet)
 
     base = mlm / "as_base"
+    config = json.loads((base / "config.json").read_text())
+    assert config["architectures"] == ["BertForMaskedLM"]
+    assert config["hidden_dropout_prob"] == 0.1  # the base's, not the MLM run's override
     info = json.loads((out / "run.json").read_text())
     assert info["base_model"] == str(base) and info["model_name"] == str(mlm)
     assert info["chain"] == [{"run": str(mlm.resolve()), "task": "masked_lm", "method": first,

@@ -6,7 +6,8 @@ its base. Task heads trained for a label set (classification, NER) are left out,
 next run has its own labels; an MLM head is kept, so MLM can go on from an MLM run. Weights
 the run's task model lacks but its base checkpoint holds (BERT's pooler, which a masked LM
 has no place for) are copied from that base, so a classifier built on the result starts
-from the same pooler as one built on the original model. The directory is rebuilt when the
+from the same pooler as one built on the original model. The config is the base's own (a
+dropout override of the earlier run does not carry over). The directory is rebuilt when the
 run's artifact changes (a fingerprint of its files is kept beside it).
 """
 
@@ -52,6 +53,8 @@ def fingerprint(artifact: Path) -> dict[str, list[int]]:
 
 def as_base(run_dir: Path) -> Path:
     """`run_dir/as_base/`, built now if missing or older than the run's artifact."""
+    from transformers import AutoConfig
+
     from tunelab.runs import read_run_info
 
     info = read_run_info(run_dir)
@@ -66,8 +69,9 @@ def as_base(run_dir: Path) -> Path:
     tmp = run_dir / f".{AS_BASE}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.config.architectures = [type(model).__name__]
-    model.config.save_pretrained(tmp)
+    config = AutoConfig.from_pretrained(info["base_model"])  # not the run's dropout override
+    config.architectures = [type(model).__name__]
+    config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
               str(tmp / "model.safetensors"), metadata={"format": "pt"})
