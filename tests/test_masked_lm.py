@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -244,6 +245,11 @@ def test_mlm_lora_run_learns_and_reloads(bert_dir, texts, tmp_path, capsys):
         predict(out, ["good"], None)
     merge(out, tmp_path / "merged")
     assert "AutoModelForMaskedLM" in capsys.readouterr().out
+    from tunelab.report import report
+
+    page = report([out], log=quiet)
+    text = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert "MLM head initialised" in text and "masked_accuracy" in text
 
 
 def test_mlm_resume_draws_the_same_masks(bert_dir, texts, tmp_path, monkeypatch):

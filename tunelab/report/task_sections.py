@@ -175,5 +175,17 @@ def translation(run: RunFiles, use_data: bool, n: int) -> list[Section]:
         Table("translations", ["#", "source", "reference", "hypothesis", "chrF"], table)])]
 
 
+# ---------------------------------------------------------------------------- masked LM
+
+def masked_lm(run: RunFiles, use_data: bool, n: int) -> list[Section]:
+    windows = run.info.get("windows") or {}
+    rows: list[list[Any]] = [["train windows", windows.get("train")],
+                             ["held-out windows", windows.get("held_out")],
+                             ["texts spanning several windows", windows.get("split_texts")],
+                             ["MLM head", run.info.get("mlm_head")]]
+    return [Section("Data", [Table("data-stats", ["", "value"], rows,
+                                   caption="as counted when the run started (run.json)")])]
+
+
 TASKS = {"classification": classification, "token_classification": ner, "causal_lm": causal_lm,
-         "translation": translation}
+         "translation": translation, "masked_lm": masked_lm}
