@@ -18,6 +18,7 @@ from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, rea
 from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
 from tunelab.data.splits import hold_out
+from tunelab.errors import DataError
 from tunelab.models import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
                             load_token_classifier, load_tokenizer, resolve)
 from tunelab.tasks.causal_lm import CausalLMTask
