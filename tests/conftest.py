@@ -90,6 +90,22 @@ def sigterm_after_step(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[],
     return lambda: monkeypatch.setattr(loop.Trainer, "_step", real_step)
 
 
+
+def interrupt_then_resume(tree: dict, out: Path, monkeypatch: pytest.MonkeyPatch, at: int,
+                          log=lambda _: None) -> dict:
+    """Train the config `tree` into `out`, stopped by SIGTERM after step `at`, then resumed
+    to the end; returns the resumed run's summary."""
+    from tunelab.config import validate
+    from tunelab.train.run import train
+    from tunelab.train.signals import Interrupted
+
+    tree = {**tree, "output_dir": str(out)}
+    restore = sigterm_after_step(monkeypatch, at)
+    with pytest.raises(Interrupted):
+        train(validate(tree), log=log)
+    restore()
+    return train(validate(tree), resume=True, log=log)
+
 def real_data_dir() -> Path:
     """../shared/data; under CI=true its absence is a failure, elsewhere a skip."""
     from tunelab.data import data_dir

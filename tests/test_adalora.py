@@ -14,7 +14,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-from conftest import sigterm_after_step, tiny_config
+from conftest import interrupt_then_resume, tiny_config
 from test_methods_contract import INPUT, logits, method_cfg, perturb, tiny_classifier
 from tunelab import methods
 from tunelab.cli import main
@@ -24,7 +24,6 @@ from tunelab.methods.adalora import adalora_layers, rank_pattern
 from tunelab.methods.lora import lora_layers
 from tunelab.methods.peft_format import load_adapter, save_adapter
 from tunelab.train.run import train
-from tunelab.train.signals import Interrupted
 
 PEFT_KW = {"task_type": "SEQ_CLS", "init_r": 4, "target_r": 2, "lora_alpha": 8,
            "target_modules": ["query", "value"], "total_step": 10, "tinit": 1, "tfinal": 2}
@@ -258,12 +257,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, tiny_data, tmp_
     tree = adalora_tree(tiny_model_dir, tiny_data, tmp_path / "straight")
     tree["model"]["dropout"] = 0.2
     train(validate(tree), log=quiet)
-    tree["output_dir"] = str(tmp_path / "interrupted")
-    restore = sigterm_after_step(monkeypatch, 5)  # mid-schedule, between checkpoints
-    with pytest.raises(Interrupted):
-        train(validate(tree), log=quiet)
-    restore()
-    train(validate(tree), resume=True, log=quiet)
+    # mid-schedule, between checkpoints
+    interrupt_then_resume(tree, tmp_path / "interrupted", monkeypatch, at=5)
     a = load_file(str(tmp_path / "straight" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FILL, NEG, POS, sigterm_after_step, synthetic_rows
+from conftest import FILL, NEG, POS, interrupt_then_resume, synthetic_rows
 from tunelab.commands import evaluate, merge, predict
 from tunelab.config import validate
 from tunelab.data.masking import IGNORE, SPECIAL, Masker, encode_texts
@@ -24,7 +24,6 @@ from tunelab.methods.base import head_modules
 from tunelab.models.mlm import init_head, load_masked_lm, token_counts
 from tunelab.runs import load_trained
 from tunelab.train.run import train
-from tunelab.train.signals import Interrupted
 
 LONG = ["unbelievably", "overwhelming", "misunderstanding", "photographers", "extraordinary"]
 
@@ -257,12 +256,7 @@ def test_mlm_resume_draws_the_same_masks(bert_dir, texts, tmp_path, monkeypatch)
                       max_steps=12, eval_every=4, checkpoint_every=4)
     straight = train(validate(tree), log=quiet)
     assert straight["final_dev"]["loss"] < straight["initial_dev"]["loss"] - 0.15  # full learns
-    tree["output_dir"] = str(tmp_path / "interrupted")
-    restore = sigterm_after_step(monkeypatch, 5)
-    with pytest.raises(Interrupted):
-        train(validate(tree), log=quiet)
-    restore()
-    train(validate(tree), resume=True, log=quiet)
+    interrupt_then_resume(tree, tmp_path / "interrupted", monkeypatch, at=5)
     a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
