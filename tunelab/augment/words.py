@@ -22,6 +22,7 @@ NEGATIONS = frozenset(
     "scarcely isn't aren't wasn't weren't don't doesn't didn't won't wouldn't can't couldn't "
     "shouldn't haven't hasn't hadn't 不 没 没有 无 非 未 别 不是 不要 不会 不能 不太 并不 "
     "从不 毫无 一点也不 不够".split())
+ZH_NEGATORS = frozenset("不没无非未别")
 
 
 @lru_cache(maxsize=1)
@@ -81,5 +82,8 @@ def is_stopword(word: str) -> bool:
 
 
 def is_protected(word: str) -> bool:
-    """Negations: an operation that removed or replaced one could flip the label."""
-    return word.lower() in NEGATIONS
+    """Negations: an operation that removed or replaced one could flip the label. jieba
+    keeps some negated words whole (不好, 没意思), so a Chinese word led by a negating
+    character counts too, as does any English word ending in n't."""
+    w = word.lower()
+    return w in NEGATIONS or w.endswith("n't") or (w[:1] in ZH_NEGATORS and is_chinese(w))
