@@ -202,6 +202,17 @@ def test_synonyms_are_embedding_neighbours_among_whole_words(tiny_model_dir):
     assert len(loose("good")) == 3 and loose("good")[0] == "great"
 
 
+def test_byte_bpe_whole_words_are_the_word_start_tokens():
+    from sft_fixtures import tiny_tokenizer
+    from tunelab.augment.synonyms import whole_words
+
+    tok = tiny_tokenizer()
+    vocab = whole_words(tok)
+    assert {"quick", "brown", "fox", "world"} <= set(vocab)
+    # inside a sentence a word follows a space: only the space-marked tokens are words
+    assert all(tok.convert_ids_to_tokens(i) == "\u0120" + w for w, i in vocab.items())
+
+
 def augment_tree(tiny_model_dir, tiny_data, out, **augment):
     tree = tiny_config(tiny_model_dir, tiny_data, out, max_steps=None, epochs=2, eval_every=None,
                        checkpoint_every=7, lr=3e-3)
@@ -282,3 +293,70 @@ def test_data_augment_command_writes_the_epochs_rows(tiny_model_dir, tiny_data, 
         tiny_model_dir, tiny_data, tmp_path / "r").items()} | {"data": {"train": "x.tsv"}}))
     assert main(["data", "augment", str(path), "--out", str(out)]) == 2
     assert "no data.augment section" in capsys.readouterr().err
+
+
+PARAPHRASES = ["a fast brown fox", "hi world", "the ocean and the sky", "one two three"]
+
+
+@pytest.fixture(scope="module")
+def translation_runs(tmp_path_factory):
+    """Two tiny T5 runs that overfit four pairs: en -> de, and de -> en onto paraphrases."""
+    from test_translation import PAIRS, config, tiny_t5_dir, write_corpus
+    from tunelab.train.run import train
+
+    root = tmp_path_factory.mktemp("bt")
+    t5 = tiny_t5_dir(root / "t5")
+    there = config(t5, write_corpus(root / "en-de"), root / "en-de-run", steps=200)
+    back = config(t5, write_corpus(root / "de-en", [(p, de) for p, (_, de) in
+                                                    zip(PARAPHRASES, PAIRS)]), root / "de-en-run",
+                  steps=200)
+    back["data"] |= {"source_lang": "de", "target_lang": "en"}
+    for tree in (there, back):
+        train(validate(tree), log=lambda _: None)
+    return root / "en-de-run", root / "de-en-run", [en for en, _ in PAIRS]
+
+
+def test_back_translation_adds_one_paraphrase_per_example_through_two_runs(translation_runs):
+    from tunelab.augment.backtranslate import BackTranslator
+    from tunelab.augment.epochs import back_translations
+
+    there, back, english = translation_runs
+    cfg = AugmentConfig(copies=0, back_translation={"run": str(there), "back_run": str(back),
+                                                    "pivot": "de", "max_new_tokens": 16})
+    assert cfg.back_translation is not None
+    out = BackTranslator(cfg.back_translation, torch.device("cpu")).paraphrase(english, print)
+    assert sum(a == b for a, b in zip(out, PARAPHRASES)) >= 3  # the runs learnt their pairs
+    examples = [Example(t, None, label, f"f:{i}") for i, (t, label) in
+                enumerate(zip(english, ["pos", "neg", "pos", "neg"]))]
+    logs: list[str] = []
+    rows = back_translations(cfg, examples, logs.append)
+    # a paraphrase equal to its original ("one two three") is not a new example
+    assert all(r.example.text != examples[r.origin].text for r in rows)
+    assert all(r.example.label == examples[r.origin].label and r.source == "back_translation"
+               for r in rows)
+    assert [r.example.text for r in rows] == [p for p, o in zip(out, english) if p != o and p]
+    assert any(f"{len(rows)} of 4 back-translations differ" in x for x in logs)
+
+
+def test_back_translation_checks_directions_and_reverses_the_prompt(translation_runs, tmp_path):
+    from tunelab.augment.backtranslate import BackTranslator
+    from tunelab.augment.settings import BackTranslation
+    from tunelab.tasks.setup import translator
+
+    there, back, _ = translation_runs
+    with pytest.raises(ConfigError, match=r"pivot: 'fr', but the run .* translates en -> de"):
+        BackTranslator(BackTranslation(run=str(there), pivot="fr"))
+    with pytest.raises(ConfigError, match=r"back_run: .* translates en -> de; the way back must "
+                                          r"be de -> en"):
+        BackTranslator(BackTranslation(run=str(there), back_run=str(there)))
+    with pytest.raises(ConfigError, match=r"is not a tunelab run directory"):
+        BackTranslator(BackTranslation(run=str(tmp_path)))
+    # without back_run the same model is asked for the reverse direction
+    from sft_fixtures import tiny_tokenizer
+
+    cfg = validate({"task": "translation", "model": {"name": "x"}, "data": {"path": "c"}})
+    tok = tiny_tokenizer()
+    fwd, rev = (translator(cfg, tok, seq2seq=False, test=[], reverse=r) for r in (False, True))
+    assert "from English to German" in fwd.prompt("hi") and "from German to English" in rev.prompt("hi")
+    s2s = translator(cfg, tok, seq2seq=True, test=[], reverse=True)
+    assert s2s.prefix("hallo") == "translate German to English: hallo"

@@ -26,18 +26,24 @@ def whole_words(tokenizer) -> dict[str, int]:
     """Vocabulary entries that are a word on their own: text -> token id.
 
     A token counts if decoding it gives an alphabetic string that the tokenizer encodes back
-    to exactly that one token, alone or after a space (byte-BPE marks word starts that way).
+    to exactly that one token as it would appear inside a sentence: after a space where the
+    tokenizer marks word starts (byte-BPE "Ġword", SentencePiece), bare otherwise (WordPiece),
+    so that pieces such as "ing" are left out.
     """
     special = set(tokenizer.all_special_ids)
     ids = [i for i in range(len(tokenizer)) if i not in special]
     texts = [tokenizer.decode([i]).strip() for i in ids]
     keep = [(i, t) for i, t in zip(ids, texts) if t.isalpha() and (len(t) > 1 or not t.isascii())]
+    if not keep:
+        return {}
+    marks_starts = (tokenizer(" the", add_special_tokens=False)["input_ids"]
+                    != tokenizer("the", add_special_tokens=False)["input_ids"])
+    prefix = " " if marks_starts else ""
+    enc = tokenizer([prefix + t for _, t in keep], add_special_tokens=False)["input_ids"]
     out: dict[str, int] = {}
-    for prefix in ("", " "):
-        enc = tokenizer([prefix + t for _, t in keep], add_special_tokens=False)["input_ids"]
-        for (i, text), got in zip(keep, enc):
-            if got == [i] and text not in out:
-                out[text] = i
+    for (i, text), got in zip(keep, enc):
+        if got == [i] and text not in out:
+            out[text] = i
     return out
 
 
