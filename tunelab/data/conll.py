@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunelab.config import ConllDataConfig
 from tunelab.data.catalog import catalog_path
+from tunelab.data.splits import limit_sizes
 from tunelab.errors import DataError
 
 # catalog name -> (train, dev, test) under the data directory
@@ -229,18 +230,5 @@ def load_conll_splits(cfg: ConllDataConfig) -> TagSplits:
     tags = tag_set(types)
     for part in (dev, test or []):
         check_types(part, tags)
-    if cfg.max_train_examples and cfg.max_train_examples < len(train):
-        train = random.Random(cfg.split_seed).sample(train, cfg.max_train_examples)
-        notes.append(f"training on a seeded sample of {len(train)} sentences")
-    if cfg.max_eval_examples:
-        dev = _sample(dev, cfg.max_eval_examples, cfg.split_seed)
-        test = _sample(test, cfg.max_eval_examples, cfg.split_seed) if test else None
+    train, dev, test = limit_sizes(cfg, train, dev, test, notes, "sentences")
     return TagSplits(train, dev, test, tags, notes)
-
-
-def _sample(sentences: list[Sentence], n: int, seed: int) -> list[Sentence]:
-    """A seeded random subset kept in file order."""
-    if n >= len(sentences):
-        return sentences
-    keep = sorted(random.Random(seed).sample(range(len(sentences)), n))
-    return [sentences[i] for i in keep]

@@ -52,12 +52,30 @@ def lora_scaling(alpha: float, r: int, rule: str) -> float:
     return alpha / math.sqrt(r) if rule == "rslora" else alpha / r
 
 
+class LoraSlot(nn.Module):
+    """One named adapter's A, B and dropout at a layer, kept aside while another is in use."""
+
+    def __init__(self, lora_A: nn.Linear, lora_B: nn.Linear, lora_dropout: nn.Module, r: int,
+                 alpha: float, scaling_rule: str):
+        super().__init__()
+        self.lora_A, self.lora_B, self.lora_dropout = lora_A, lora_B, lora_dropout
+        self.r, self.alpha, self.scaling_rule = r, alpha, scaling_rule
+
+
 class LoraLinear(AdapterLayer):
     """Replaces an nn.Linear: y = x W^T + b + s * (dropout(x) A^T) B^T.
 
     Owns the frozen base weight and bias (same Parameter objects as the layer it replaced),
     so the base keys keep their names in the model's state dict.
+
+    Several named adapters may share the layer (multi_adapter.py): the one in use sits in
+    lora_A / lora_B (so a single adapter keeps its PEFT names and its plain forward), the
+    others wait in `lora_stash` and are swapped in by `use_adapter`. A layer running as its
+    base (adapters disabled, or none of its adapters selected) has `forward` bound to
+    `base_forward` on the instance: no per-call check in either path.
     """
+
+    adapter_name: str = "default"  # the name of the adapter held in lora_A / lora_B
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, scaling: str):
         super().__init__()
@@ -85,16 +103,69 @@ class LoraLinear(AdapterLayer):
         """The base weight as (out, in), a view for Conv1D layers."""
         return self.weight.T if self.fan_in_fan_out else self.weight
 
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Exactly the replaced layer's forward (Conv1D's addmm for GPT-2 layers)."""
+        if self.fan_in_fan_out:  # (..., in) -> (..., out), as transformers' Conv1D computes it
+            out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+            return out.view(x.shape[:-1] + (self.out_features,))
+        return F.linear(x, self.weight, self.bias)
+
+    # ------------------------------------------------------------- several named adapters
+    def adapter_names(self) -> list[str]:
+        stash = self._modules.get("lora_stash")
+        return [self.adapter_name, *(stash.keys() if stash is not None else ())]
+
+    def stash_adapter(self, name: str, slot: LoraSlot) -> None:
+        if "lora_stash" not in self._modules:
+            self.lora_stash = nn.ModuleDict()
+        self.lora_stash[name] = slot
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """(A (r, in), B (out, r), scaling) of a named adapter, or None if the layer lacks it."""
+        if name == self.adapter_name:
+            return self.lora_A.weight, self.lora_B.weight, self.scaling
+        stash = self._modules.get("lora_stash")
+        if stash is None or name not in stash:
+            return None
+        slot = stash[name]
+        return slot.lora_A.weight, slot.lora_B.weight, lora_scaling(slot.alpha, slot.r, slot.scaling_rule)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Compute with adapter `name`; with None, or a name this layer lacks, as the base layer."""
+        if name is not None and name != self.adapter_name and name in self.adapter_names():
+            held = LoraSlot(self.lora_A, self.lora_B, self.lora_dropout, self.r, self.alpha,
+                            self.scaling_rule)
+            slot = self.lora_stash.pop(name)
+            self.lora_stash[self.adapter_name] = held
+            self.lora_A, self.lora_B, self.lora_dropout = slot.lora_A, slot.lora_B, slot.lora_dropout
+            self.r, self.alpha, self.scaling_rule = slot.r, slot.alpha, slot.scaling_rule
+            self.scaling = lora_scaling(slot.alpha, slot.r, slot.scaling_rule)
+            self.adapter_name = name
+        if name is not None and name == self.adapter_name:
+            self.__dict__.pop("forward", None)  # the class's forward again
+        else:
+            self.forward = self.base_forward  # type: ignore[method-assign]
+
     def finish_init(self) -> None:
         """Called after A and B are initialised; subclasses derive state from them (DoRA)."""
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
 
+    def running_base(self) -> bool:
+        """Whether the layer computes as its base (adapters off, or its adapter not selected)."""
+        return "forward" in self.__dict__
+
     @torch.no_grad()
     def merged(self) -> nn.Module:
-        """The layer type it replaced (nn.Linear, or Conv1D) with the update folded in."""
-        merged = self.linear_weight() + self.delta_weight()  # (out, in)
+        """The layer type it replaced (nn.Linear, or Conv1D) with the update in use folded in."""
+        if self.running_base():
+            return self.rebuilt(self.linear_weight())
+        return self.rebuilt(self.linear_weight() + self.delta_weight())
+
+    @torch.no_grad()
+    def rebuilt(self, merged: torch.Tensor) -> nn.Module:
+        """The layer type it replaced (nn.Linear, or Conv1D) holding `merged` (out, in)."""
         if self.fan_in_fan_out:
             from transformers.pytorch_utils import Conv1D
 
@@ -204,13 +275,8 @@ class LoraMethod(AdapterMethod):
         # PiSSA is written as a rank-2r delta against the original base (see adapter_tensors)
         r, alpha = (2 * cfg.r, cfg.alpha * (math.sqrt(2) if cfg.scaling == "rslora" else 2.0)) \
             if pissa else (cfg.r, cfg.alpha)
-        return {"r": r, "lora_alpha": alpha, "lora_dropout": cfg.dropout,
-                "target_modules": tgt.compact(list(layers), tgt.linear_names(model, head, (AdapterLayer,))),
-                "use_rslora": cfg.scaling == "rslora", "use_dora": cls.use_dora,
-                "init_lora_weights": True, "bias": "none",
-                "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
-                "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
-                "layers_pattern": None}
+        return peft_lora_config(model, head, layers, r, alpha, cfg.dropout, cfg.scaling == "rslora",
+                                cls.use_dora)
 
     @classmethod
     def adapter_tensors(cls, model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
@@ -236,6 +302,17 @@ class LoraMethod(AdapterMethod):
                               dropout=config.get("lora_dropout", 0.0),
                               targets=required(config, "target_modules", source),
                               scaling="rslora" if config.get("use_rslora") else "standard")
+
+
+def peft_lora_config(model: nn.Module, head: list[str], layers: dict[str, LoraLinear], r: int,
+                     alpha: float, dropout: float, rslora: bool, dora: bool) -> dict[str, Any]:
+    """adapter_config.json's LoRA keys for an adapter on `layers` of `model`."""
+    return {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
+            "target_modules": tgt.compact(list(layers), tgt.linear_names(model, head, (AdapterLayer,))),
+            "use_rslora": rslora, "use_dora": dora, "init_lora_weights": True, "bias": "none",
+            "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
+            "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
+            "layers_pattern": None}
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

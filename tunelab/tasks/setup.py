@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import (CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun,
-                            TranslationRun)
+                            TranslationDataConfig, TranslationRun)
 from tunelab.data import load_splits
 from tunelab.data.blocks import encode_blocks, held_out_blocks
 from tunelab.data.conll import load_conll_splits
@@ -132,18 +132,24 @@ def _blocks(cfg: CausalLMRun, tokenizer, log: Callable[[str], None]):
     return train, dev, {"block_stats": vars(stats)}
 
 
-def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
-                     ) -> tuple[Any, dict[str, list]]:
-    """The task (holding the test pairs it scores) and the pairs of every split."""
-    d = cfg.data
+def translation_pairs(d: TranslationDataConfig) -> tuple[dict[str, str], dict[str, list]]:
+    """The file split names and the (limited) pairs of train, dev and test."""
     root = corpus_dir(d.path)
     names = CATALOG_SPLITS.get(d.path.strip().lower(), {"train": "train", "dev": "dev",
                                                        "test": "test"})
     split = {"train": d.train_split or names["train"], "dev": d.dev_split or names["dev"],
              "test": d.test_split or names["test"]}
     limits = {"train": d.max_train_examples, "dev": d.max_dev_examples, "test": d.max_test_examples}
-    pairs = {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
-             for k in split}
+    return split, {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
+                   for k in split}
+
+
+def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
+                     ) -> tuple[Any, dict[str, list]]:
+    """The task (holding the test pairs it scores) and the pairs of every split."""
+    d = cfg.data
+    root = corpus_dir(d.path)
+    split, pairs = translation_pairs(d)
     log(f"data: {root} {d.source_lang}->{d.target_lang}: " + ", ".join(
         f"{len(pairs[k])} {k} ({split[k]})" for k in split) + " pairs")
     return translator(cfg, tokenizer, seq2seq, pairs["test"]), pairs
