@@ -12,6 +12,7 @@ end (no checkpoint selection on dev). The variants differ only in data.augment:
 - eda+mask: as eda, with random masking (0.1 per word) as a fifth operation
 
     python bench/augment_lowdata.py [--examples 200] [--seeds 0 1 2] [--steps 250] [--copies 4]
+                                    [--variants none eda eda+mask]
 
 Writes its section of BENCHMARKS.md.
 """
@@ -54,6 +55,9 @@ def run(args, name: str, extra: list[str], seed: int, out: Path) -> dict:
     logs: list[str] = []
     s = train(cfg, overwrite=True, log=logs.append)
     rows = next((x for x in logs if "training rows per epoch" in x), "")
+    for line in logs:
+        if line.startswith("augment:"):
+            print(f"  {line}", flush=True)
     return {"accuracy": s["final_dev"]["accuracy"], "seconds": s["train_seconds"],
             "rows": rows.split("= ")[-1].split(" training")[0] if rows else str(args.examples)}
 
@@ -64,12 +68,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--copies", type=int, default=4)
+    p.add_argument("--variants", nargs="+", default=["none", "eda"],
+                   choices=["none", "eda", "eda+mask"])
     p.add_argument("--out", type=Path, default=Path("runs/bench-augment"))
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = p.parse_args()
     t0 = time.perf_counter()
     results: dict[str, list[dict]] = {}
     for name, extra in variants(args.copies).items():
+        if name not in args.variants:
+            continue
         for seed in args.seeds:
             r = run(args, name, extra, seed, args.out)
             results.setdefault(name, []).append(r)
@@ -89,7 +97,8 @@ def main() -> None:
     if args.no_write:
         return
     cmd = (f"python bench/augment_lowdata.py --examples {args.examples} --seeds "
-           f"{' '.join(map(str, args.seeds))} --steps {args.steps} --copies {args.copies}")
+           f"{' '.join(map(str, args.seeds))} --steps {args.steps} --copies {args.copies} "
+           f"--variants {' '.join(args.variants)}")
     rows = ", ".join(f"{k}: {v[0]['rows']}" for k, v in results.items())
     update_benchmarks(
         f"## Low-data SST-2 with augmentation ({device_name()})\n\n"
@@ -100,7 +109,8 @@ def main() -> None:
         f"Training rows per epoch: {rows}. `eda`: {args.copies} copies per example, one of "
         "synonym replacement / random insertion / random swap / random deletion per copy at "
         "0.1 per word, synonyms from MiniLM's input-embedding neighbours, new copies each "
-        "epoch; `eda+mask` adds masking at 0.1 per word as a fifth operation.\n\n" + table + "\n")
+        "epoch" + ("; `eda+mask` adds masking at 0.1 per word as a fifth operation"
+                  if "eda+mask" in results else "") + ".\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
