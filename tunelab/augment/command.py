@@ -30,7 +30,7 @@ def materialise(cfg: RunConfig, out: Path, epoch: int = 0) -> dict[str, int]:
     tokenizer = load_tokenizer(path)
     model = load_classifier(path, splits.labels, cfg.model.dropout,
                             pad_token_id=tokenizer.pad_token_id)
-    train = build(cfg.data.augment, splits.train, tokenizer, model, lambda e: None, print)
+    train = build(cfg.data.augment, splits.train, tokenizer, model, None, print)
     counts = write_jsonl(train, out, epoch)
     print(f"wrote {sum(counts.values())} rows to {out} (epoch {epoch}): "
           + ", ".join(f"{n} {source}" for source, n in counts.items())

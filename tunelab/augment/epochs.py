@@ -20,7 +20,8 @@ from tunelab.data.readers import Example
 
 class AugmentedTrain:
     def __init__(self, originals: list[Example], augmenter: Augmenter,
-                 encode: Callable[[list[Example]], Encoded], paraphrases: list[Copy]):
+                 encode: Callable[[list[Example]], Encoded] | None, paraphrases: list[Copy]):
+        """`encode` tokenises rows for training; None when the rows are only written out."""
         self.originals, self.augmenter, self.encode = originals, augmenter, encode
         self.paraphrases = paraphrases
         self._encoded: dict[int, Encoded] = {}
@@ -38,6 +39,7 @@ class AugmentedTrain:
         """The encoded rows of `epoch`; the last two epochs are cached (a step may span both)."""
         if not self.augmenter.cfg.per_epoch:
             epoch = 0
+        assert self.encode is not None, "built without an encoder (materialising only)"
         if epoch not in self._encoded:
             self._encoded = {k: v for k, v in self._encoded.items() if k == epoch - 1}
             self._encoded[epoch] = self.encode([r.example for r in self.rows(epoch)])
@@ -47,13 +49,16 @@ class AugmentedTrain:
         return self.for_epoch(0).lengths()
 
 
+def no_synonyms(word: str) -> tuple[str, ...]:
+    return ()
+
+
 def build(cfg: AugmentConfig, originals: list[Example], tokenizer, model: Any,
-          encode: Callable[[list[Example]], Encoded], log: Callable[[str], None] = print
+          encode: Callable[[list[Example]], Encoded] | None, log: Callable[[str], None] = print
           ) -> AugmentedTrain:
     """Synonyms from `model`'s input embeddings, the augmenter, and the back-translations."""
     needs_synonyms = cfg.ops.synonym_replacement > 0 or cfg.ops.random_insertion > 0
-    synonyms: Callable[[str], tuple[str, ...]] = lambda _: ()  # noqa: E731
-    augmenter = Augmenter(cfg, synonyms, getattr(tokenizer, "mask_token", None))
+    augmenter = Augmenter(cfg, no_synonyms, getattr(tokenizer, "mask_token", None))
     if cfg.copies and needs_synonyms:
         from tunelab.augment.synonyms import EmbeddingSynonyms
 
