@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("-n", type=int, default=3, help="examples to show")
     ins.add_argument("--no-color", action="store_true", help="mark trained tokens with [[ ]]")
 
+    aug = dsub.add_parser("augment", help="write the training set with its augmented copies "
+                                          "(data.augment) to a JSONL file")
+    aug.add_argument("config")
+    aug.add_argument("overrides", nargs="*")
+    aug.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    aug.add_argument("--epoch", type=int, default=0, help="whose copies (they change per epoch)")
+
     for name, helptext in (("generate", "generate text from a causal LM run or model"),
                            ("chat", "interactive chat with a causal LM run or model")):
         g = sub.add_parser(name, help=helptext)
@@ -168,6 +175,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter)
     elif args.command == "predict":
         commands.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter)
+    elif args.command == "data" and args.data_command == "augment":
+        from tunelab.augment.command import materialise
+
+        materialise(load_config(args.config, args.overrides), args.out, args.epoch)
     elif args.command == "data":
         from tunelab.inspect_data import inspect
 

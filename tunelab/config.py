@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from tunelab.augment.settings import AugmentConfig
 from tunelab.errors import ConfigError
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
@@ -45,6 +46,7 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    augment: AugmentConfig | None = None  # training examples only; see tunelab/augment/
 
 
 MethodConfig = Annotated[

@@ -50,7 +50,14 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None],
     model = load_classifier(model_path, splits.labels, cfg.model.dropout,
                             pad_token_id=tokenizer.pad_token_id)
     task = ClassificationTask(splits.labels, cfg.model.max_length, tokenizer.pad_token_id)
-    return Setup(model, tokenizer, task, task.encode(tokenizer, splits.train),
+    if cfg.data.augment is None:
+        train = task.encode(tokenizer, splits.train)
+    else:  # copies drawn per epoch, the originals always kept
+        from tunelab.augment.epochs import build
+
+        train = build(cfg.data.augment, splits.train, tokenizer, model,
+                      lambda examples: task.encode(tokenizer, examples), log)
+    return Setup(model, tokenizer, task, train,
                  task.encode(tokenizer, splits.dev), model_path,
                  {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None})
 
@@ -138,18 +145,26 @@ def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callabl
     d = cfg.data
     root = corpus_dir(d.path)
     split, pairs = translation_pairs(d)
-    langs = {"source_name": language_name(d.source_lang),
-             "target_name": language_name(d.target_lang)}
     log(f"data: {root} {d.source_lang}->{d.target_lang}: " + ", ".join(
         f"{len(pairs[k])} {k} ({split[k]})" for k in split) + " pairs")
+    return translator(cfg, tokenizer, seq2seq, pairs["test"]), pairs
+
+
+def translator(cfg: TranslationRun, tokenizer, seq2seq: bool, test: list, reverse: bool = False,
+               gen: Any = None) -> Any:
+    """The run's translation task (its prompt or prefix); `reverse` swaps the language names
+    (back-translation through the same model)."""
+    d = cfg.data
+    source, target = (d.target_lang, d.source_lang) if reverse else (d.source_lang, d.target_lang)
+    langs = {"source_name": language_name(source), "target_name": language_name(target)}
+    gen = gen or cfg.generation
     if seq2seq:
         return Seq2SeqTranslationTask(tokenizer, cfg.model.max_length,
-                                      lambda src: d.seq2seq_prefix.format(**langs) + src,
-                                      pairs["test"], cfg.generation), pairs
+                                      lambda src: d.seq2seq_prefix.format(**langs) + src, test, gen)
     renderer = Renderer(tokenizer, "assistant", cfg.model.max_length, "right", True)
     return DecoderTranslationTask(tokenizer, renderer,
-                                  lambda src: d.prompt.format(source=src, **langs),
-                                  pairs["test"], cfg.generation, cfg.train.loss_chunk_size), pairs
+                                  lambda src: d.prompt.format(source=src, **langs), test, gen,
+                                  cfg.train.loss_chunk_size)
 
 
 def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:

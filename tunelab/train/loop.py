@@ -77,7 +77,7 @@ class Trainer:
         if cfg.compile:
             self.forward = torch.compile(self.forward, dynamic=True)
         self.cfg, self.run_dir, self.device, self.log = cfg, run_dir, device, log
-        self.lengths = train.lengths()
+        self._epochs: dict[int, tuple[Encoded, list[int]]] = {}
         self.batches_per_epoch = len(self._plan(0))
         steps_from_epochs = math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, steps_from_epochs)
@@ -102,8 +102,18 @@ class Trainer:
         self.hook_log: dict[str, float] = {}
 
     # ------------------------------------------------------------------ batches
+    def epoch_data(self, epoch: int) -> tuple[Encoded, list[int]]:
+        """(training data, lengths) of `epoch`: the same every epoch, unless the data are
+        drawn anew per epoch (augmentation on the fly: `for_epoch`, a function of the epoch)."""
+        if epoch not in self._epochs:
+            for_epoch = getattr(self.train, "for_epoch", None)
+            data = for_epoch(epoch) if for_epoch else self.train
+            self._epochs = {k: v for k, v in self._epochs.items() if k == epoch - 1}
+            self._epochs[epoch] = (data, data.lengths())
+        return self._epochs[epoch]
+
     def _plan(self, epoch: int) -> list[list[int]]:
-        return plan_batches(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch,
+        return plan_batches(self.epoch_data(epoch)[1], self.cfg.batch_size, self.cfg.seed, epoch,
                             self.cfg.bucket_by_length)
 
     def micro_batches(self, step: int) -> list[list[int]]:
@@ -231,16 +241,19 @@ class Trainer:
         parts = self.micro_batches(step)
         if hasattr(self.task, "set_step"):  # random batches (MLM masks) are drawn from the step
             self.task.set_step(step)
-        n = max(1, sum(self.task.units(self.train, p) for p in parts))  # over all ranks
+        # the data each micro-batch indexes: its epoch's (a step may straddle two epochs)
+        data = [self.epoch_data((step * self.cfg.grad_accum + k) // self.batches_per_epoch)
+                for k in range(len(parts))]
+        n = max(1, sum(self.task.units(d, p) for (d, _), p in zip(data, parts)))  # over all ranks
         # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
         scale = self.dist.world / n
         total, tokens = 0.0, 0
-        for index in parts:
-            tokens += sum(self.lengths[i] for i in index)
+        for (train, lengths), index in zip(data, parts):
+            tokens += sum(lengths[i] for i in index)
             local = self.dist.shard(index)
             weight = scale if local else 0.0  # a rank with no example still joins the all-reduce
             batch = {k: v.to(self.device, non_blocking=True)
-                     for k, v in self.task.collate(self.train, local or index[:1]).items()}
+                     for k, v in self.task.collate(train, local or index[:1]).items()}
             with self.autocast or nullcontext():
                 loss = self.forward(batch)
             scaled = loss * weight
