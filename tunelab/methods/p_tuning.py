@@ -69,7 +69,7 @@ class PTuningMethod(PromptMethod):
     @classmethod
     def notes(cls, cfg: PTuningConfig) -> list[str]:  # type: ignore[override]
         return [f"{cfg.num_virtual_tokens} virtual tokens from a {cfg.encoder.upper()} prompt "
-                f"encoder, prepended to every input; suggested train.lr about {RECOMMENDED_LR:g}"]
+                f"encoder, prepended to every input; suggested train.lr: about {RECOMMENDED_LR:g}"]
 
     @classmethod
     def own_config(cls, model: nn.Module, cfg: PTuningConfig) -> dict[str, Any]:  # type: ignore[override]

@@ -24,9 +24,17 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.errors import MethodError
-from tunelab.methods.virtual import (InitFromTokens, PromptMethod, VirtualTokens, cache_length,
-                                     cache_shape, call_kwargs, check_positions, init_token_ids,
-                                     prefix_mask)
+from tunelab.methods.virtual import (
+    InitFromTokens,
+    PromptMethod,
+    VirtualTokens,
+    cache_length,
+    cache_shape,
+    call_kwargs,
+    check_positions,
+    init_token_ids,
+    prefix_mask,
+)
 
 RECOMMENDED_LR = 1e-2
 
@@ -38,7 +46,7 @@ class PrefixTuningConfig(InitFromTokens):
     encoder_hidden_size: int | None = Field(None, ge=1)  # the MLP's width; None: token_dim
 
     @model_validator(mode="after")
-    def _init_fits_projection(self) -> "PrefixTuningConfig":
+    def _init_fits_projection(self) -> PrefixTuningConfig:
         if self.projection and self.init in ("vocab", "text"):
             raise ValueError(f"method.init: {self.init} sets the prefix itself, but with "
                              "projection: true an MLP makes it; remove init or set projection: false")
@@ -51,10 +59,7 @@ class PrefixTuningConfig(InitFromTokens):
 def new_cache(backbone: nn.Module) -> Any:
     from transformers import DynamicCache
 
-    try:
-        return DynamicCache(config=backbone.config)
-    except Exception:  # configs without decoder layer types (encoders): plain layers
-        return DynamicCache()
+    return DynamicCache(config=backbone.config)  # the config says which layers slide
 
 
 def compute_dtype(backbone: nn.Module) -> torch.dtype:
@@ -154,7 +159,7 @@ class PrefixTuningMethod(PromptMethod):
     def notes(cls, cfg: PrefixTuningConfig) -> list[str]:  # type: ignore[override]
         how = "from a projection MLP" if cfg.projection else f"init: {cfg.init or 'vocab'}"
         return [f"a prefix of {cfg.num_virtual_tokens} keys and values in every attention layer "
-                f"({how}); suggested train.lr about {RECOMMENDED_LR:g}"]
+                f"({how}); suggested train.lr: about {RECOMMENDED_LR:g}"]
 
     @classmethod
     def own_config(cls, model: nn.Module, cfg: PrefixTuningConfig) -> dict[str, Any]:  # type: ignore[override]

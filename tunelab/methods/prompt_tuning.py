@@ -13,8 +13,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tunelab.methods.virtual import (InitFromTokens, InputPrompt, PromptMethod,
-                                     init_token_ids)
+from tunelab.methods.virtual import (
+    InitFromTokens,
+    InputPrompt,
+    PromptMethod,
+    init_token_ids,
+)
 
 PEFT_INIT = {"vocab": "SAMPLE_VOCAB", "text": "TEXT", "random": "RANDOM"}
 RECOMMENDED_LR = 3e-2
@@ -53,8 +57,7 @@ class PromptTuningMethod(PromptMethod):
     @classmethod
     def notes(cls, cfg: PromptTuningConfig) -> list[str]:  # type: ignore[override]
         return [f"{cfg.num_virtual_tokens} virtual tokens prepended to every input (init: "
-                f"{cfg.init}); prompt tuning usually needs a high train.lr, about "
-                f"{RECOMMENDED_LR:g}"]
+                f"{cfg.init}); suggested train.lr: about {RECOMMENDED_LR:g}"]
 
     @classmethod
     def own_config(cls, model: nn.Module, cfg: PromptTuningConfig) -> dict[str, Any]:  # type: ignore[override]

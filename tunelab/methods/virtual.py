@@ -34,8 +34,16 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.errors import AdapterError, MethodError
-from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, freeze_all,
-                                  refuse_unsupported, report, required, unfreeze)
+from tunelab.methods.base import (
+    PEFT_PREFIX,
+    AdapterMethod,
+    ApplyReport,
+    freeze_all,
+    refuse_unsupported,
+    report,
+    required,
+    unfreeze,
+)
 from tunelab.schema import StrictModel
 
 ATTR = "prompt_encoder"  # the encoder's attribute on the backbone (its parameters' name part)
@@ -54,7 +62,7 @@ class InitFromTokens(VirtualTokensConfig):
     init_text: str | None = None
 
     @model_validator(mode="after")
-    def _text_iff_text_init(self) -> "InitFromTokens":
+    def _text_iff_text_init(self) -> InitFromTokens:
         if self.init == "text" and not (self.init_text or "").strip():
             raise ValueError("method.init_text: init 'text' needs the text to start from, e.g. "
                              "init_text: 'Classify the sentiment of this review:'")
@@ -271,7 +279,7 @@ class PromptMethod(AdapterMethod):
         the `base_model.model.` prefix the shared loader reads."""
         if SAVED_KEY not in state:
             raise AdapterError(f"{source}: no '{SAVED_KEY}' tensor; is this a prompt-method adapter?")
-        name, encoder = encoder_of(model)
+        name = encoder_of(model)[0]
         out = {PEFT_PREFIX + name + ".embedding.weight": state[SAVED_KEY]}
         for key, tensor in state.items():
             if key == SAVED_KEY:
