@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tunelab.methods.prompt_tuning import PromptTuningConfig
-from tunelab.methods.virtual import InputPrompt, PromptMethod, VirtualTokensConfig
+from tunelab.methods.prompt_tuning import PromptTuningConfig, PromptTuningMethod
+from tunelab.methods.virtual import InputPrompt, PromptMethod, VirtualTokensConfig, lr_note
 
 RECOMMENDED_LR = 1e-2
 
@@ -69,7 +69,7 @@ class PTuningMethod(PromptMethod):
     @classmethod
     def notes(cls, cfg: PTuningConfig) -> list[str]:  # type: ignore[override]
         return [f"{cfg.num_virtual_tokens} virtual tokens from a {cfg.encoder.upper()} prompt "
-                f"encoder, prepended to every input; suggested train.lr: about {RECOMMENDED_LR:g}"]
+                "encoder, prepended to every input", lr_note(RECOMMENDED_LR)]
 
     @classmethod
     def own_config(cls, model: nn.Module, cfg: PTuningConfig) -> dict[str, Any]:  # type: ignore[override]
@@ -82,5 +82,4 @@ class PTuningMethod(PromptMethod):
     @classmethod
     def config_from_adapter(cls, config: dict[str, Any], source: str) -> PromptTuningConfig:  # type: ignore[override]
         # peft saves the encoder's output, not the encoder: the adapter is a plain table
-        return PromptTuningConfig(num_virtual_tokens=cls.check_adapter(config, source),
-                                  init="random")
+        return PromptTuningMethod.config_from_adapter(config, source)

@@ -24,17 +24,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.errors import MethodError
-from tunelab.methods.virtual import (
-    InitFromTokens,
-    PromptMethod,
-    VirtualTokens,
-    cache_length,
-    cache_shape,
-    call_kwargs,
-    check_positions,
-    init_token_ids,
-    prefix_mask,
-)
+from tunelab.methods.virtual import (InitFromTokens, PromptMethod, VirtualTokens, cache_length,
+                                     cache_shape, call_kwargs, check_positions, init_token_ids,
+                                     lr_note, prefix_mask)
 
 RECOMMENDED_LR = 1e-2
 
@@ -159,7 +151,7 @@ class PrefixTuningMethod(PromptMethod):
     def notes(cls, cfg: PrefixTuningConfig) -> list[str]:  # type: ignore[override]
         how = "from a projection MLP" if cfg.projection else f"init: {cfg.init or 'vocab'}"
         return [f"a prefix of {cfg.num_virtual_tokens} keys and values in every attention layer "
-                f"({how}); suggested train.lr: about {RECOMMENDED_LR:g}"]
+                f"({how})", lr_note(RECOMMENDED_LR)]
 
     @classmethod
     def own_config(cls, model: nn.Module, cfg: PrefixTuningConfig) -> dict[str, Any]:  # type: ignore[override]

@@ -13,12 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tunelab.methods.virtual import (
-    InitFromTokens,
-    InputPrompt,
-    PromptMethod,
-    init_token_ids,
-)
+from tunelab.methods.virtual import (InitFromTokens, InputPrompt, PromptMethod, init_token_ids,
+                                     lr_note)
 
 PEFT_INIT = {"vocab": "SAMPLE_VOCAB", "text": "TEXT", "random": "RANDOM"}
 RECOMMENDED_LR = 3e-2
@@ -57,7 +53,7 @@ class PromptTuningMethod(PromptMethod):
     @classmethod
     def notes(cls, cfg: PromptTuningConfig) -> list[str]:  # type: ignore[override]
         return [f"{cfg.num_virtual_tokens} virtual tokens prepended to every input (init: "
-                f"{cfg.init}); suggested train.lr: about {RECOMMENDED_LR:g}"]
+                f"{cfg.init})", lr_note(RECOMMENDED_LR)]
 
     @classmethod
     def own_config(cls, model: nn.Module, cfg: PromptTuningConfig) -> dict[str, Any]:  # type: ignore[override]

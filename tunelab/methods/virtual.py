@@ -160,6 +160,11 @@ class InputPrompt(VirtualTokens):
         return strip_virtual(output, self.num_virtual_tokens)
 
 
+def lr_note(lr: float) -> str:
+    """The report line suggesting a learning rate; the user's train.lr is never changed."""
+    return f"suggested train.lr: about {lr:g} (virtual tokens train best at a high rate)"
+
+
 def backbone_of(model: nn.Module, method: str) -> nn.Module:
     if getattr(model.config, "is_encoder_decoder", False):
         raise MethodError(f"method {method}: encoder-decoder models are not supported by the "
