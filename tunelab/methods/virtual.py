@@ -27,23 +27,15 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.errors import AdapterError, MethodError
-from tunelab.methods.base import (
-    PEFT_PREFIX,
-    AdapterMethod,
-    ApplyReport,
-    freeze_all,
-    refuse_unsupported,
-    report,
-    required,
-    unfreeze,
-)
+from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, freeze_all,
+                                  refuse_unsupported, report, required, unfreeze)
 from tunelab.schema import StrictModel
 
 ATTR = "prompt_encoder"  # the encoder's attribute on the backbone (its parameters' name part)
@@ -227,7 +219,6 @@ class PromptMethod(AdapterMethod):
     """The adapter side shared by the three prompt methods: peft's prompt-learning layout."""
 
     head_prefix = "base_model."  # peft names a prompt method's head base_model.<head>.*
-    config_keys: ClassVar[tuple[str, ...]] = ()  # the method's own adapter_config.json keys
 
     @classmethod
     def build(cls, backbone: nn.Module, cfg: Any) -> VirtualTokens:
