@@ -3,7 +3,7 @@
 Only the virtual-token table trains (and a classifier's head). The table starts from real
 token embeddings: a text (`init: text`, e.g. a task description) or tokens sampled from the
 vocabulary (`init: vocab`, the default); `random` draws N(0, 1) as peft's RANDOM does, far
-from the scale of real embeddings. Small models need a high learning rate (about 3e-2).
+from the scale of real embeddings. Small models need a high learning rate (about 1e-1).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from tunelab.methods.virtual import (InitFromTokens, InputPrompt, PromptMethod, 
                                      lr_note)
 
 PEFT_INIT = {"vocab": "SAMPLE_VOCAB", "text": "TEXT", "random": "RANDOM"}
-RECOMMENDED_LR = 3e-2
+RECOMMENDED_LR = 1e-1  # MiniLM on SST-2: 0.668 dev accuracy after one short epoch, 0.553 at 3e-2
 
 
 class PromptTuningConfig(InitFromTokens):
