@@ -420,3 +420,37 @@ def test_classification_run_through_the_cli(method, tiny_model_dir, tiny_data, t
     assert main(["eval", str(tmp_path / "run")]) == 0
     accuracy = float(capsys.readouterr().out.split("accuracy: ")[1].split()[0])
     assert accuracy == pytest.approx(summary["final_dev"]["accuracy"], abs=1e-6)
+
+
+def test_resume_keeps_the_p_tuning_network(tiny_model_dir, tiny_data, tmp_path, monkeypatch):
+    """Checkpoints hold the prompt encoder's network (the adapter holds only its output), so
+    an interrupted p-tuning run resumes to the uninterrupted run's adapter."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from tunelab.train import loop as loop_mod
+    from tunelab.train.signals import Interrupted
+
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "straight", lr=1e-2)
+    tree["method"] = {"name": "p_tuning", "num_virtual_tokens": 4, "encoder": "lstm",
+                      "encoder_dropout": 0.1}
+    train(validate(tree), log=quiet)
+    tree["output_dir"] = str(tmp_path / "interrupted")
+    real_step = loop_mod.Trainer._step
+
+    def step_then_signal(self, step, trainable):
+        out = real_step(self, step, trainable)
+        if step == 5:  # between checkpoints (every 4)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop_mod.Trainer, "_step", step_then_signal)
+    with pytest.raises(Interrupted):
+        train(validate(tree), log=quiet)
+    monkeypatch.setattr(loop_mod.Trainer, "_step", real_step)
+    train(validate(tree), resume=True, log=quiet)
+    a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors"))
+            for d in ("straight", "interrupted"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
