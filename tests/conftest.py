@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -69,6 +71,23 @@ def tiny_config(model_dir: Path, data: dict[str, Path], out: Path, **train) -> d
                   "checkpoint_every": 4, "log_every": 1, "seed": 0, **train},
         "output_dir": str(out),
     }
+
+
+def sigterm_after_step(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], None]:
+    """Send this process SIGTERM right after optimizer step `at` (0-based), as a kill between
+    checkpoints would; returns the function that restores the real step."""
+    from tunelab.train import loop
+
+    real_step = loop.Trainer._step
+
+    def step_then_signal(self, step, trainable):
+        out = real_step(self, step, trainable)
+        if step == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop.Trainer, "_step", step_then_signal)
+    return lambda: monkeypatch.setattr(loop.Trainer, "_step", real_step)
 
 
 def real_data_dir() -> Path:

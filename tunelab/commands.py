@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config, validate
 from tunelab.data.splits import load_splits, read_like_training
-from tunelab.errors import DataError
+from tunelab.errors import AdapterError, DataError
 from tunelab.eval.metrics import confusion, format_confusion
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models import load_classifier, resolve
+from tunelab.named_adapters import load_run
 from tunelab.runs import load_trained
 from tunelab.tasks.classification import ClassificationTask
 
@@ -39,10 +41,11 @@ def _task(tokenizer, info: dict) -> ClassificationTask:
     return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id)
 
 
-def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
+def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | None = None,
+             use: str | None = None) -> dict:
     import torch
 
-    model, tokenizer, info = load_trained(run_dir)
+    model, tokenizer, info = load_run(run_dir, adapters, use)
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if info["task"] == "causal_lm":
         return _evaluate_lm(model, tokenizer, cfg, data)
@@ -52,13 +55,7 @@ def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
         from tunelab import ner_commands
 
         return ner_commands.evaluate(cfg, model, tokenizer, info, data, split)
-    if data:
-        examples, name = read_like_training(cfg.data, data), data
-    else:
-        splits = load_splits(cfg.data)
-        if split == "test" and splits.test is None:
-            raise DataError("this run's data has no test file; pass --data PATH")
-        examples, name = (splits.test if split == "test" else splits.dev), split
+    examples, name = eval_items(cfg, data, split, load_splits, read_like_training)
     task = _task(tokenizer, info)
     unknown = [e for e in examples if e.label not in task.index]
     if unknown:
@@ -97,6 +94,18 @@ def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
     return scores
 
 
+def eval_items(cfg, data: str | None, split: str, load: Callable, read_like: Callable
+               ) -> tuple[list, str]:
+    """The examples `tunelab eval` scores and their name: the file `--data`, read like the
+    run's training data, or the run's own dev or test split."""
+    if data:
+        return read_like(cfg.data, data), data
+    splits = load(cfg.data)
+    if split == "test" and splits.test is None:
+        raise DataError("this run's data has no test file; pass --data PATH")
+    return (splits.test if split == "test" else splits.dev), split
+
+
 def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -> dict:
     """BLEU and chrF on the run's test split (data.max_test_examples pairs), or on another
     directory of {split}.{lang} files with the same split names."""
@@ -113,7 +122,8 @@ def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -
     return scores
 
 
-def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
+def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[str] | None = None,
+            use: str | None = None) -> list:
     import torch
 
     if file is not None:
@@ -122,7 +132,7 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
         texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
-    model, tokenizer, info = load_trained(run_dir)
+    model, tokenizer, info = load_run(run_dir, adapters, use)
     if info["task"] == "token_classification":
         from tunelab import ner_commands
 
@@ -147,6 +157,20 @@ def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
         out.append((info["labels"][k], float(row[k])))
         print(f"{info['labels'][k]}\t{float(row[k]):.4f}\t{text}")
     return out
+
+
+def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
+    """`tunelab merge RUN_DIR OUT` (no --out): fold one run's adapter into its base."""
+    if options:
+        raise AdapterError(f"merge: --{options[0].replace('_', '-')} combines adapters; name the "
+                           "output with --out OUT (merge A B ... --out OUT)")
+    if len(args) != 2:
+        raise AdapterError(f"merge: give RUN_DIR OUT, or several adapters with --out OUT (got "
+                           f"{len(args)} paths and no --out)")
+    if any((args[1] / f).is_file() for f in ("run.json", "adapter_config.json")):
+        raise AdapterError(f"merge: {args[1]} holds a run or an adapter; to combine adapters, "
+                           "write the output with --out OUT")
+    return merge(*args)
 
 
 def merge(run_dir: Path, out: Path) -> Path:

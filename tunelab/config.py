@@ -272,6 +272,7 @@ RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassification
                              TranslationRun], Field(discriminator="task")]
 _ADAPTER = TypeAdapter(RUN_CONFIG)
 TASKS = ("classification", "causal_lm", "token_classification", "translation")
+SEARCH_KEY = "search"  # a top-level section of hyperparameter ranges for `tunelab tune`
 
 
 # ----------------------------------------------------------------------------- loading
@@ -328,6 +329,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     tree: dict[str, Any] = dict(base or {})
     if path is not None:
         tree = read_yaml(path)
+    tree.pop(SEARCH_KEY, None)  # `tunelab tune` reads it; every other command runs the config as is
     for keys, value in parse_overrides(overrides or []):
         _apply_override(tree, keys, value)
     return validate(tree, source=str(path) if path else "config")

@@ -43,6 +43,16 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 
 def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, run info) of a finished run, in eval mode."""
+    model, tokenizer, info = load_run_base(run_dir)
+    if info["artifact"] != MODEL_DIR:
+        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
+    model.eval()  # the adapter's new layers too
+    return model, tokenizer, info
+
+
+def load_run_base(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, run info): the run's task model in eval mode, without its adapter
+    (a full fine-tuning run's own weights)."""
     info = read_run_info(run_dir)
     base = resolve(info["base_model"])
     tokenizer = load_tokenizer(base)
@@ -54,7 +64,5 @@ def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     else:
         load = load_token_classifier if info["task"] == "token_classification" else load_classifier
         model = load(base, info["labels"], weights_from=full, pad_token_id=tokenizer.pad_token_id)
-    if full is None:
-        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
     model.eval()
     return model, tokenizer, info

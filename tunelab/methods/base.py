@@ -10,6 +10,7 @@ from torch import nn
 
 from tunelab.errors import AdapterError
 from tunelab.schema import StrictModel
+from tunelab.train.hooks import StepHook
 
 # Task heads a sequence-classification model may carry (transformers' attribute names).
 HEAD_NAMES = ("classifier", "score")
@@ -29,6 +30,8 @@ class ApplyReport:
     notes: list[str] = field(default_factory=list)
     # parameter name -> multiplier on train.lr, for methods that train parts at other rates (LoRA+)
     lr_scales: dict[str, float] = field(default_factory=dict)
+    # code the training loop runs every step for this method (AdaLoRA's rank allocator)
+    hook: StepHook | None = None
 
     def lines(self, max_names: int = 12) -> list[str]:
         shown = self.matched[:max_names]

@@ -65,16 +65,21 @@ def save_adapter(model: nn.Module, cfg: StrictModel, head: list[str], base_model
     """Write the adapter atomically (temp files, then rename) and return its directory."""
     method = _method_of(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(model, cfg, head)
     config: dict[str, Any] = {
         "peft_type": method.peft_type, "task_type": TASK_TYPES[task],
         "base_model_name_or_path": base_model, **method.adapter_config(model, cfg, head),
         "modules_to_save": head or None, "inference_mode": True, "revision": None,
     }
+    return write_adapter(out, config, tensors, method.config_file)
+
+
+def write_adapter(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  config_file: str = CONFIG_FILE) -> Path:
+    """Write an adapter's weights and settings atomically (temp files, then rename)."""
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    atomic_write(out / method.config_file,
-                 lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / config_file, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return out
 
 
@@ -102,20 +107,30 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[A
 def load_adapter(model: nn.Module, adapter_dir: str | Path, head: list[str]) -> ApplyReport:
     """Inject the layers an adapter describes into `model`, then load its weights."""
     config, method, path = read_adapter_config(adapter_dir)
-    weights_path = Path(adapter_dir) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {path.name}")
+    weights_path = weights_file(adapter_dir, path)
+    cfg = method_config(config, method, path)
+    report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
+    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
+    _load_state(model, state, weights_path)
+    return report
+
+
+def weights_file(adapter_dir: str | Path, config_path: Path) -> Path:
+    path = Path(adapter_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {config_path.name}")
+    return path
+
+
+def method_config(config: dict[str, Any], method: type[AdapterMethod], path: Path) -> StrictModel:
+    """The tunelab method config an adapter config describes; bad values name the file and key."""
     try:
-        cfg = method.config_from_adapter(config, str(path))
+        return method.config_from_adapter(config, str(path))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"][:1].lower() + err["msg"][1:]
         raise AdapterError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
-    report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
-    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
-    _load_state(model, state, weights_path)
-    return report
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -1,5 +1,6 @@
 """METHODS: every fine-tuning method, one line each. Adding a method = one file + one line."""
 
+from tunelab.methods.adalora import AdaLoraMethod
 from tunelab.methods.base import Method
 from tunelab.methods.bitfit import BitFitMethod
 from tunelab.methods.bottleneck import HoulsbyMethod, PfeifferMethod
@@ -25,6 +26,7 @@ METHODS: dict[str, type[Method]] = {
     "vera": VeraMethod,
     "loha": LohaMethod,
     "lokr": LokrMethod,
+    "adalora": AdaLoraMethod,
     "houlsby": HoulsbyMethod,
     "pfeiffer": PfeifferMethod,
     "prompt_tuning": PromptTuningMethod,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import (CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun,
-                            TranslationRun)
-from tunelab.data import load_splits
+                            TranslationDataConfig, TranslationRun)
+from tunelab.data import Splits, load_splits
 from tunelab.data.blocks import encode_blocks, held_out_blocks
-from tunelab.data.conll import load_conll_splits
+from tunelab.data.conll import TagSplits, load_conll_splits
 from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, read_parallel
 from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
@@ -38,8 +38,9 @@ class Setup:
     info: dict[str, Any] = field(default_factory=dict)  # stored in run.json
 
 
-def classification(cfg: ClassificationRun, log: Callable[[str], None]) -> Setup:
-    splits = load_splits(cfg.data)
+def classification(cfg: ClassificationRun, log: Callable[[str], None],
+                   splits: Splits | None = None) -> Setup:
+    splits = load_splits(cfg.data) if splits is None else splits
     model_path = resolve(cfg.model.name)
     for note in splits.notes:
         log(note)
@@ -125,18 +126,24 @@ def _blocks(cfg: CausalLMRun, tokenizer, log: Callable[[str], None]):
     return train, dev, {"block_stats": vars(stats)}
 
 
-def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
-                     ) -> tuple[Any, dict[str, list]]:
-    """The task (holding the test pairs it scores) and the pairs of every split."""
-    d = cfg.data
+def translation_pairs(d: TranslationDataConfig) -> tuple[dict[str, str], dict[str, list]]:
+    """The file split names and the (limited) pairs of train, dev and test."""
     root = corpus_dir(d.path)
     names = CATALOG_SPLITS.get(d.path.strip().lower(), {"train": "train", "dev": "dev",
                                                        "test": "test"})
     split = {"train": d.train_split or names["train"], "dev": d.dev_split or names["dev"],
              "test": d.test_split or names["test"]}
     limits = {"train": d.max_train_examples, "dev": d.max_dev_examples, "test": d.max_test_examples}
-    pairs = {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
-             for k in split}
+    return split, {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
+                   for k in split}
+
+
+def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
+                     ) -> tuple[Any, dict[str, list]]:
+    """The task (holding the test pairs it scores) and the pairs of every split."""
+    d = cfg.data
+    root = corpus_dir(d.path)
+    split, pairs = translation_pairs(d)
     langs = {"source_name": language_name(d.source_lang),
              "target_name": language_name(d.target_lang)}
     log(f"data: {root} {d.source_lang}->{d.target_lang}: " + ", ".join(
@@ -171,9 +178,10 @@ def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
                  {"route": "seq2seq" if seq2seq else "causal_lm"})
 
 
-def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]) -> Setup:
+def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None],
+                         splits: TagSplits | None = None) -> Setup:
     d = cfg.data
-    splits = load_conll_splits(d)
+    splits = load_conll_splits(d) if splits is None else splits
     model_path = resolve(cfg.model.name)
     for note in splits.notes:
         log(note)
@@ -201,5 +209,14 @@ SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
     "token_classification": token_classification, "translation": translation}
 
 
-def setup(cfg: RunConfig, log: Callable[[str], None]) -> Setup:
-    return SETUPS[cfg.task](cfg, log)
+# tasks whose setup takes ready-made splits (cross-validation folds)
+TAKE_SPLITS = ("classification", "token_classification")
+
+
+def setup(cfg: RunConfig, log: Callable[[str], None], splits: Any = None) -> Setup:
+    if splits is None:
+        return SETUPS[cfg.task](cfg, log)
+    if cfg.task not in TAKE_SPLITS:
+        raise DataError(f"task {cfg.task}: given splits are supported for "
+                        f"{' and '.join(TAKE_SPLITS)} only")
+    return SETUPS[cfg.task](cfg, log, splits)
