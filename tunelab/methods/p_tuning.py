@@ -19,7 +19,7 @@ from torch import nn
 from tunelab.methods.prompt_tuning import PromptTuningConfig, PromptTuningMethod
 from tunelab.methods.virtual import InputPrompt, PromptMethod, VirtualTokensConfig, lr_note
 
-RECOMMENDED_LR = 1e-2
+RECOMMENDED_LR = 3e-2  # MiniLM on SST-2, one short epoch: 0.595 dev accuracy (0.553 at 1e-2)
 
 
 class PTuningConfig(VirtualTokensConfig):

@@ -28,7 +28,7 @@ from tunelab.methods.virtual import (InitFromTokens, PromptMethod, VirtualTokens
                                      cache_shape, call_kwargs, check_positions, init_token_ids,
                                      lr_note, prefix_mask)
 
-RECOMMENDED_LR = 1e-2
+RECOMMENDED_LR = 3e-2  # MiniLM on SST-2, one short epoch: 0.733 dev accuracy (0.718 at 1e-2)
 
 
 class PrefixTuningConfig(InitFromTokens):

@@ -17,7 +17,7 @@ from tunelab.methods.virtual import (InitFromTokens, InputPrompt, PromptMethod, 
                                      lr_note)
 
 PEFT_INIT = {"vocab": "SAMPLE_VOCAB", "text": "TEXT", "random": "RANDOM"}
-RECOMMENDED_LR = 1e-1  # MiniLM on SST-2: 0.668 dev accuracy after one short epoch, 0.553 at 3e-2
+RECOMMENDED_LR = 1e-1  # MiniLM SST-2, one short epoch: 0.668 dev accuracy (3e-2: 0.553, 0.3: 0.575)
 
 
 class PromptTuningConfig(InitFromTokens):
