@@ -40,7 +40,8 @@ def test_rank_must_be_positive():
 def test_unknown_method_name():
     assert err(BASE, ["method.name=lorra"]) == (
         "config: method.name: unknown method 'lorra' (did you mean 'lora'?); choose from: "
-        "full, freeze, bitfit, lora, dora, ia3, vera, loha, lokr, adalora, houlsby, pfeiffer")
+        "full, freeze, bitfit, lora, dora, ia3, vera, loha, lokr, adalora, houlsby, pfeiffer, "
+        "prompt_tuning, prefix_tuning, p_tuning")
 
 
 def test_bad_regex_target():

@@ -151,7 +151,8 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path):
 @pytest.mark.parametrize("edit,message", [
     ({"layers_to_transform": 0}, "layers_to_transform=0 is not supported by tunelab yet"),
     ({"peft_type": "BOFT"}, r"peft_type 'BOFT' is not supported \(tunelab loads ADALORA, IA3, "
-                            r"LOHA, LOKR, LORA, VERA adapters\)"),
+                            r"LOHA, LOKR, LORA, PREFIX_TUNING, PROMPT_TUNING, P_TUNING, VERA "
+                            r"adapters\)"),
     ({"r": None}, r"adapter_config.json: r: input should be a valid integer \(got None\)"),
 ], ids=["layers_to_transform", "peft_type", "bad-value"])
 def test_adapter_configs_we_cannot_honour_are_refused_by_key(edit, message, tmp_path: Path):

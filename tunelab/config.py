@@ -163,6 +163,11 @@ class _RunBase(StrictModel):
         return v
 
     @model_validator(mode="after")
+    def _method_fits_run(self) -> "_RunBase":
+        METHODS[self.method.name].check_run(self)
+        return self
+
+    @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> "_RunBase":
         if self.train.early_stopping is not None and self.train.eval_every is None:
             raise ValueError("train.early_stopping needs train.eval_every (evaluate every N steps)")

@@ -60,6 +60,11 @@ class Method:
     def apply(cls, model: nn.Module, cfg: StrictModel, head: list[str]) -> ApplyReport:
         raise NotImplementedError
 
+    @classmethod
+    def check_run(cls, run: Any) -> None:
+        """Refuse run settings the method cannot work with (ValueError naming the key), checked
+        with the rest of the config before anything loads."""
+
 
 class AdapterLayer(nn.Module):
     """A layer a method put in place of one of the model's own (e.g. LoraLinear for nn.Linear)."""
@@ -81,6 +86,7 @@ class AdapterMethod(Method):
     saves_adapter = True
     peft_type: ClassVar[str]  # adapter_config.json's peft_type
     config_file: ClassVar[str] = "adapter_config.json"
+    head_prefix: ClassVar[str] = PEFT_PREFIX  # the saved head's key prefix (modules_to_save)
 
     @classmethod
     def reads(cls, config: dict[str, Any]) -> bool:

@@ -26,6 +26,7 @@ from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, adapt
                                   owned_parameters)
 from tunelab.methods.lora import LoraLinear
 from tunelab.methods.registry import METHODS
+from tunelab.methods.virtual import VirtualTokens
 from tunelab.schema import StrictModel
 
 CONFIG_FILE = "adapter_config.json"
@@ -53,10 +54,11 @@ def _method_of(cfg: StrictModel) -> type[AdapterMethod]:
 
 def adapter_tensors(model: nn.Module, cfg: StrictModel, head: list[str]) -> dict[str, torch.Tensor]:
     """Every tensor the adapter file holds: the method's, then the head's (as modules_to_save)."""
-    out = dict(_method_of(cfg).adapter_tensors(model, head))
+    method = _method_of(cfg)
+    out = dict(method.adapter_tensors(model, head))
     for h in head:
         for pname, p in owned_parameters(model, h):
-            out[f"{PREFIX}{h}.{pname}"] = p
+            out[f"{method.head_prefix}{h}.{pname}"] = p
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
@@ -162,6 +164,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
 
 def merge(model: nn.Module) -> int:
     """Replace every adapter layer by its merged base layer; returns how many were merged."""
+    if any(isinstance(m, VirtualTokens) for m in model.modules()):
+        raise AdapterError("prompt methods add virtual tokens, not weight changes, so there is "
+                           "nothing to merge into the base weights; load the run with its adapter")
     layers = adapter_layers(model)
     kept = sorted({type(m).__name__ for m in layers.values() if not m.mergeable})
     if kept:

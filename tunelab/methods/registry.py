@@ -11,6 +11,9 @@ from tunelab.methods.ia3 import IA3Method
 from tunelab.methods.loha import LohaMethod
 from tunelab.methods.lokr import LokrMethod
 from tunelab.methods.lora import LoraMethod
+from tunelab.methods.p_tuning import PTuningMethod
+from tunelab.methods.prefix_tuning import PrefixTuningMethod
+from tunelab.methods.prompt_tuning import PromptTuningMethod
 from tunelab.methods.vera import VeraMethod
 
 METHODS: dict[str, type[Method]] = {
@@ -26,4 +29,7 @@ METHODS: dict[str, type[Method]] = {
     "adalora": AdaLoraMethod,
     "houlsby": HoulsbyMethod,
     "pfeiffer": PfeifferMethod,
+    "prompt_tuning": PromptTuningMethod,
+    "prefix_tuning": PrefixTuningMethod,
+    "p_tuning": PTuningMethod,
 }
