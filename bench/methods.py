@@ -38,6 +38,10 @@ SETTINGS: dict[str, tuple[list[str], float, str]] = {
     "lokr": (["method.r=8", "method.alpha=8"], 1e-3, "r 8, alpha 8, all linear"),
     "houlsby": (["method.reduction_factor=16"], 1e-3, "reduction 16, after attention and FFN"),
     "pfeiffer": (["method.reduction_factor=16"], 1e-3, "reduction 16, after FFN"),
+    # the prompt methods: the best of a short lr sweep on 3,000 SST-2 examples (README)
+    "prompt_tuning": (["method.num_virtual_tokens=20"], 1e-1, "20 virtual tokens, vocab init"),
+    "p_tuning": (["method.num_virtual_tokens=20"], 3e-2, "20 virtual tokens, MLP encoder"),
+    "prefix_tuning": (["method.num_virtual_tokens=20"], 3e-2, "20 virtual tokens per layer"),
 }
 BATCH, MAX_LEN = 32, 64
 
