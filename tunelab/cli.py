@@ -36,12 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
     e.add_argument("--split", choices=["dev", "test"], default="dev")
+    e.add_argument("--task", help="multitask runs: the task to score (default: every task)")
 
     pr = sub.add_parser("predict", help="label and probability per text; the entities with "
                                         "their character spans for token classification")
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("texts", nargs="*")
     pr.add_argument("--file", type=Path, help="one text per line")
+    pr.add_argument("--task", help="multitask runs: the task to serve")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -105,9 +107,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         train(load_config(args.config, args.overrides), resume=args.resume,
               overwrite=args.overwrite)
     elif args.command == "eval":
-        commands.evaluate(args.run_dir, args.data, args.split)
+        commands.evaluate(args.run_dir, args.data, args.split, args.task)
     elif args.command == "predict":
-        commands.predict(args.run_dir, args.texts, args.file)
+        commands.predict(args.run_dir, args.texts, args.file, args.task)
     elif args.command == "data":
         from tunelab.inspect_data import inspect
 

@@ -13,7 +13,7 @@ from tunelab.errors import DataError
 from tunelab.eval.metrics import confusion, format_confusion
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models import load_classifier, resolve
-from tunelab.runs import load_trained
+from tunelab.runs import load_trained, task_runs
 from tunelab.tasks.classification import ClassificationTask
 
 
@@ -39,7 +39,22 @@ def _task(tokenizer, info: dict) -> ClassificationTask:
     return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id)
 
 
-def evaluate(run_dir: Path, data: str | None, split: str) -> dict:
+def evaluate(run_dir: Path, data: str | None, split: str, task: str | None = None) -> dict:
+    """Score a run; a multitask run's `task` (every task in turn when none is given)."""
+    runs = task_runs(run_dir, task)
+    if runs != [run_dir]:
+        if data and len(runs) > 1:
+            raise DataError("eval --data: a multitask run has several tasks; say which with "
+                            "--task NAME")
+        out = {}
+        for sub in runs:
+            print(f"== task {sub.name}")
+            out[sub.name] = evaluate(sub, data, split)
+        return out if len(runs) > 1 else out[runs[0].name]
+    return _evaluate_run(run_dir, data, split)
+
+
+def _evaluate_run(run_dir: Path, data: str | None, split: str) -> dict:
     import torch
 
     model, tokenizer, info = load_trained(run_dir)
@@ -113,8 +128,14 @@ def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -
     return scores
 
 
-def predict(run_dir: Path, texts: list[str], file: Path | None) -> list:
+def predict(run_dir: Path, texts: list[str], file: Path | None, task: str | None = None) -> list:
     import torch
+
+    runs = task_runs(run_dir, task)
+    if len(runs) > 1:
+        raise DataError(f"predict: {run_dir} holds the tasks {', '.join(r.name for r in runs)}; "
+                        "pick one with --task NAME")
+    run_dir = runs[0]
 
     if file is not None:
         if not file.is_file():

@@ -130,8 +130,10 @@ def required(config: dict[str, Any], key: str, source: str) -> Any:
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Names of the task head modules at the top of a transformers task model."""
-    return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+    """Names of the task head modules at the top of a transformers task model (or the heads a
+    multitask model lists: one per task)."""
+    own = [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+    return own or list(getattr(model, "head_names", []))
 
 
 def freeze_all(model: nn.Module) -> None:

@@ -196,9 +196,16 @@ def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]
                   "label_all_subtokens": d.label_all_subtokens})
 
 
+def multitask(cfg: Any, log: Callable[[str], None]) -> Setup:
+    from tunelab.tasks.multitask_setup import multitask as setup_multitask
+
+    return setup_multitask(cfg, log)
+
+
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
     "classification": classification, "causal_lm": causal_lm,
-    "token_classification": token_classification, "translation": translation}
+    "token_classification": token_classification, "translation": translation,
+    "multitask": multitask}
 
 
 def setup(cfg: RunConfig, log: Callable[[str], None]) -> Setup:
