@@ -313,3 +313,21 @@ def test_task_flag_on_a_single_task_run_is_refused(tiny_model_dir, tiny_data, tm
     assert "is a classification run with one task; drop --task" in capsys.readouterr().err
     with pytest.raises(CheckpointError):
         load_trained(tmp_path / "nothing")
+
+
+def test_info_and_data_inspect_show_every_task(tiny_model_dir, toy_tasks, tmp_path, capsys):
+    import yaml
+
+    tree = mt_config(tiny_model_dir, toy_tasks, tmp_path / "x")
+    tree["method"] = LORA
+    path = tmp_path / "mt.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "task head (trains fully): models.sentiment.classifier, models.topic.classifier, " \
+           "models.ner.classifier" in out
+    assert "models.sentiment.bert.encoder.layer.0.attention.self.query" in out
+    assert ".ner.bert." not in out  # the shared encoder's layers are adapted once
+    assert main(["data", "inspect", str(path), "-n", "1", "--no-color"]) == 0
+    out = capsys.readouterr().out
+    assert "=== task sentiment" in out and "=== task ner" in out and "entities (LOC: " in out

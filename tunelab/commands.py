@@ -22,7 +22,11 @@ def show_config(cfg: RunConfig) -> str:
 
 
 def info(cfg: RunConfig) -> None:
-    if cfg.task == "token_classification":
+    if cfg.task == "multitask":  # the shared model with every task's head
+        from tunelab.tasks.setup import setup
+
+        model = setup(cfg, lambda _: None).model
+    elif cfg.task == "token_classification":
         from tunelab.data.conll import load_conll_splits
         from tunelab.models import load_token_classifier
 
