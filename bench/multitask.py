@@ -87,8 +87,8 @@ def main() -> None:
              f"({device_name()})", "",
              f"Measured {date.today()} on {machine()}; fp32. Training subsets: {args.sst2} SST-2, "
              f"{args.ag_news} AG News (train_subset.tsv, 10% held out as dev), {args.conll} "
-             f"CoNLL-2003 sentences; dev scores on at most {args.dev} dev examples per task "
-             f"(SST-2 dev: all 872). LoRA r{R}/alpha {ALPHA} on every Linear, lr {LR:g}, batch "
+             f"CoNLL-2003 sentences (seeded samples); dev scores on at most {args.dev} dev examples "
+             f"per task (SST-2 dev has 872; CoNLL-2003 valid.txt 3,250). LoRA r{R}/alpha {ALPHA} on every Linear, lr {LR:g}, batch "
              f"{BATCH}, linear schedule, warmup 6%, seed {SEED}, max length {MAX_LEN}. The "
              f"multitask run shares MiniLM and one LoRA adapter, with a head per task, "
              f"`sampling: {args.sampling}`, one epoch (every example once, each batch from "
