@@ -294,6 +294,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, toy_tasks, tmp_
      "unknown key 'tasks.topic.data.trian' (did you mean 'tasks.topic.data.train'?)"),
     (lambda t: t["tasks"].update({"a.b": t["tasks"]["topic"]}),
      "tasks.a.b: task names become directory names"),
+    (lambda t: t.update(temperature=3.0),
+     "temperature: only sampling: temperature uses it (sampling is proportional)"),
     (lambda t: t.update(sampling="random"), "sampling: input should be 'proportional', "
                                             "'temperature' or 'round_robin'"),
 ])

@@ -311,6 +311,9 @@ class MultiTaskRun(_RunBase):
         if bad:
             raise ValueError(f"tasks.{bad[0]}: task names become directory names; use letters, "
                              "digits, _ and - only")
+        if "temperature" in self.model_fields_set and self.sampling != "temperature":
+            raise ValueError(f"temperature: only sampling: temperature uses it (sampling is "
+                             f"{self.sampling}); remove it or set sampling: temperature")
         if self.train.metric is not None:
             raise ValueError("train.metric: a multitask run selects by the mean of its tasks' "
                              "metrics (accuracy; entity F1 for token classification); remove it")
