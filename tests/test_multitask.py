@@ -333,3 +333,21 @@ def test_info_and_data_inspect_show_every_task(tiny_model_dir, toy_tasks, tmp_pa
     assert main(["data", "inspect", str(path), "-n", "1", "--no-color"]) == 0
     out = capsys.readouterr().out
     assert "=== task sentiment" in out and "=== task ner" in out and "entities (LOC: " in out
+
+
+def test_each_batch_is_scored_as_its_own_task_scores_it(trained):
+    """Loss per example of a multitask batch == that task's own normalised loss."""
+    cfg = trained[0]
+    s = setup(cfg, quiet)
+    lengths = s.train.lengths()
+    plan = s.task.plan_batches(lengths, 8, 0, 0, True)
+    for name in ("sentiment", "ner"):
+        index = next(b for b in plan if s.train.locate(b)[0] == name)
+        _, local = s.train.locate(index)
+        sub, part = s.task.tasks[name], s.train.parts[name]
+        with torch.no_grad():
+            multi = s.task.loss_sum(s.model, s.task.collate(s.train, index)) \
+                / s.task.units(s.train, index)
+            alone = sub.loss_sum(s.model.models[name], sub.collate(part, local)) \
+                / sub.units(part, local)
+        torch.testing.assert_close(multi, alone)
