@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--conll", type=int, default=2500, help="CoNLL-2003 training sentences")
     p.add_argument("--dev", type=int, default=1000, help="dev examples per task (at most)")
     p.add_argument("--sampling", default="proportional")
+    p.add_argument("--adapter", default="shared", choices=["shared", "per_task"])
     p.add_argument("--work", default="/tmp/tunelab-bench-multitask")
     p.add_argument("--no-write", action="store_true", help="print the table; leave BENCHMARKS.md")
     args = p.parse_args()
@@ -73,7 +74,7 @@ def main() -> None:
 
     print("multitask run ...", flush=True)
     multi = run({**common(work / "multi"), "task": "multitask", "tasks": parts,
-                 "sampling": args.sampling}, print)
+                 "sampling": args.sampling, "adapter": args.adapter}, print)
     alone = {}
     for name, part in parts.items():
         print(f"{name} alone ...", flush=True)
@@ -83,14 +84,17 @@ def main() -> None:
     from tunelab.tasks.multitask_setup import task_scores
 
     final = multi["final_dev"]
+    shared = "one LoRA adapter" if args.adapter == "shared" else \
+        "its frozen weights (a LoRA adapter per task)"
     lines = [f"## Multitask: MiniLM + LoRA on SST-2 + AG News + CoNLL-2003 vs each task alone "
-             f"({device_name()})", "",
+             f"({device_name()}{', an adapter per task' if args.adapter == 'per_task' else ''})",
+             "",
              f"Measured {date.today()} on {machine()}; fp32. Training subsets: {args.sst2} SST-2, "
              f"{args.ag_news} AG News (train_subset.tsv, 10% held out as dev), {args.conll} "
              f"CoNLL-2003 sentences (seeded samples); dev scores on at most {args.dev} dev examples "
              f"per task (SST-2 dev has 872; CoNLL-2003 valid.txt 3,250). LoRA r{R}/alpha {ALPHA} on every Linear, lr {LR:g}, batch "
              f"{BATCH}, linear schedule, warmup 6%, seed {SEED}, max length {MAX_LEN}. The "
-             f"multitask run shares MiniLM and one LoRA adapter, with a head per task, "
+             f"multitask run shares MiniLM and {shared}, with a head per task, "
              f"`sampling: {args.sampling}`, one epoch (every example once, each batch from "
              "one task); each task alone trains on the same subset for one epoch: the same "
              "examples, batches and steps of that task. The multitask run's schedule spans its "
@@ -112,7 +116,8 @@ def main() -> None:
     single_time = sum(a["train_seconds"] for a in alone.values())
     lines += ["", f"Multitask: {multi['steps']} steps, {multi['train_seconds']:.0f} s of training "
               f"steps, {multi['wall']:.0f} s wall, {multi['trainable']:,} trainable parameters "
-              f"(one adapter, three heads); the three single runs: "
+              f"({'one adapter' if args.adapter == 'shared' else 'an adapter per task'}, "
+              "three heads); the three single runs: "
               f"{sum(a['steps'] for a in alone.values())} steps, {single_time:.0f} s, three "
               f"adapters of {next(iter(alone.values()))['trainable']:,}-odd parameters each. "
               f"Peak RSS of the benchmark process: {peak_rss_mb():.0f} MB.", "",
@@ -124,7 +129,8 @@ def main() -> None:
               + "python bench/multitask.py" + "".join(
                   f" --{k.replace('_', '-')} {getattr(args, k)}"
                   for k, d in (("sst2", 4000), ("ag_news", 2000), ("conll", 2500), ("dev", 1000),
-                               ("sampling", "proportional")) if getattr(args, k) != d) + "`."]
+                               ("sampling", "proportional"), ("adapter", "shared"))
+                  if getattr(args, k) != d) + "`."]
     section = "\n".join(lines) + "\n"
     if not args.no_write:
         update_benchmarks(section)

@@ -251,12 +251,13 @@ def test_saved_lora_adapters_load_in_peft(tiny_model_dir, toy_tasks, tmp_path):
     assert [k for k in keys("topic") if "pooler.dense.lora_A" in k]
 
 
-@pytest.mark.parametrize("sampling", ["temperature", "round_robin"])
+@pytest.mark.parametrize("sampling,adapter", [("temperature", "shared"),
+                                              ("round_robin", "per_task")])
 def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, toy_tasks, tmp_path,
-                                                 monkeypatch, sampling):
+                                                 monkeypatch, sampling, adapter):
     tree = mt_config(tiny_model_dir, toy_tasks, tmp_path / "straight", max_steps=12, eval_every=4,
                      checkpoint_every=4, log_every=1)
-    tree["sampling"], tree["method"] = sampling, LORA
+    tree["sampling"], tree["method"], tree["adapter"] = sampling, LORA, adapter
     tree["model"]["dropout"] = 0.2
     straight = train(validate(tree), log=quiet)
     tree["output_dir"] = str(tmp_path / "interrupted")
@@ -351,3 +352,51 @@ def test_each_batch_is_scored_as_its_own_task_scores_it(trained):
             alone = sub.loss_sum(s.model.models[name], sub.collate(part, local)) \
                 / sub.units(part, local)
         torch.testing.assert_close(multi, alone)
+
+
+def test_per_task_adapters_share_frozen_weights_and_serve_each_task(tiny_model_dir, toy_tasks,
+                                                                    tmp_path):
+    from safetensors.torch import load_file
+
+    tree = mt_config(tiny_model_dir, toy_tasks, tmp_path / "pt", max_steps=6, eval_at_start=False)
+    tree["method"], tree["adapter"] = LORA, "per_task"
+    cfg = validate(tree)
+    s = setup(cfg, quiet)
+    from tunelab import methods
+
+    report = methods.apply(s.model, cfg.method)
+    models = s.model.models
+    assert models["ner"].bert.encoder is not models["sentiment"].bert.encoder
+    q = "encoder.layer.0.attention.self.query"
+    ner_q, sent_q = models["ner"].bert.get_submodule(q), models["sentiment"].bert.get_submodule(q)
+    assert ner_q.weight is sent_q.weight  # one frozen base
+    assert ner_q.lora_A.weight is not sent_q.lora_A.weight  # an adapter per task
+    assert len(report.matched) == 13 + 13 + 12  # NER has no pooler
+
+    train(cfg, log=quiet)
+    adapters = {n: load_file(str(tmp_path / "pt" / "tasks" / n / "adapter" /
+                                 "adapter_model.safetensors")) for n in toy_tasks}
+    key = f"base_model.model.bert.{q}.lora_B.weight"
+    assert not torch.equal(adapters["ner"][key], adapters["topic"][key])
+    # each sub-run serves what the in-memory model computes with the best weights
+    s = setup(cfg, quiet)
+    methods.apply(s.model, cfg.method)
+    ckpt.load_trainable(s.model, tmp_path / "pt" / "best" / ckpt.WEIGHTS)
+    s.model.eval()
+    enc = s.tokenizer(["john liked the chip market"], return_tensors="pt")
+    for name in toy_tasks:
+        served, _, _ = load_trained(tmp_path / "pt" / "tasks" / name)
+        with torch.no_grad():
+            torch.testing.assert_close(served(**enc).logits, s.model.models[name](**enc).logits,
+                                       rtol=0, atol=1e-5)
+
+
+def test_per_task_adapters_need_an_adapter_method(tiny_model_dir, toy_tasks, tmp_path):
+    tree = mt_config(tiny_model_dir, toy_tasks, tmp_path / "x")
+    tree["adapter"] = "per_task"
+    with pytest.raises(ConfigError, match="adapter: per_task needs an adapter method that leaves "
+                                          "the shared base weights frozen; full changes them"):
+        validate(tree)
+    tree["method"] = {**LORA, "init": "pissa"}
+    with pytest.raises(ConfigError, match="lora with init: pissa changes them"):
+        validate(tree)

@@ -290,6 +290,8 @@ class MultiTaskRun(_RunBase):
     # temperature: in proportion to examples ** (1 / temperature); round_robin: equal, in turn
     sampling: Literal["proportional", "temperature", "round_robin"] = "proportional"
     temperature: float = Field(2.0, gt=0.0)
+    # shared: one encoder and one adapter for all tasks; per_task: one frozen base, an adapter each
+    adapter: Literal["shared", "per_task"] = "shared"
 
     @model_validator(mode="before")
     @classmethod
@@ -314,6 +316,11 @@ class MultiTaskRun(_RunBase):
         if "temperature" in self.model_fields_set and self.sampling != "temperature":
             raise ValueError(f"temperature: only sampling: temperature uses it (sampling is "
                              f"{self.sampling}); remove it or set sampling: temperature")
+        pissa = getattr(self.method, "init", None) == "pissa"
+        if self.adapter == "per_task" and (pissa or not METHODS[self.method.name].saves_adapter):
+            what = f"{self.method.name} with init: pissa" if pissa else self.method.name
+            raise ValueError(f"adapter: per_task needs an adapter method that leaves the shared "
+                             f"base weights frozen; {what} changes them; use adapter: shared")
         if self.train.metric is not None:
             raise ValueError("train.metric: a multitask run selects by the mean of its tasks' "
                              "metrics (accuracy; entity F1 for token classification); remove it")

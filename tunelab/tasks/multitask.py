@@ -19,15 +19,18 @@ from tunelab.methods.base import head_modules
 
 
 class MultiTaskModel(nn.Module):
-    """Task models (AutoModelFor... objects) whose base models share their submodules.
+    """Task models (AutoModelFor... objects) built on one base model.
 
-    Every child of the first model's base (BERT: embeddings, encoder, and the pooler when
-    present) is put into the other models' bases in place of theirs, so one encoder (and a
-    method's layers in it) serves every task while each task keeps its own head, and
-    `models[task]` stays a plain transformers model that saves and loads as one.
+    `adapter="shared"`: every child of the first model's base (BERT: embeddings, encoder, and
+    the pooler when present) is put into the other models' bases in place of theirs, so one
+    encoder (and a method's layers in it) serves every task. `"per_task"`: each model keeps
+    its own modules, but their base weights are the first model's Parameter objects, so a
+    method adds one adapter per task over one set of frozen weights. Either way each task
+    keeps its own head, and `models[task]` stays a plain transformers model that saves and
+    loads as one.
     """
 
-    def __init__(self, models: dict[str, nn.Module]):
+    def __init__(self, models: dict[str, nn.Module], adapter: str = "shared"):
         super().__init__()
         self.models = nn.ModuleDict(models)
         first = next(iter(models.values())).base_model
@@ -36,9 +39,13 @@ class MultiTaskModel(nn.Module):
             base = model.base_model
             for name, child in list(base.named_children()):
                 mine = getattr(first, name, None)
-                if isinstance(mine, nn.Module) and type(mine) is type(child):
+                if not (isinstance(mine, nn.Module) and type(mine) is type(child)):
+                    continue
+                if adapter == "shared":
                     setattr(base, name, mine)
-                    self.shared.append(name)
+                else:
+                    _tie_parameters(mine, child)
+                self.shared.append(name)
         self.shared = list(dict.fromkeys(self.shared))
         # the heads methods leave whole and always train
         self.head_names = [f"models.{k}.{h}" for k, m in models.items() for h in head_modules(m)]
@@ -50,6 +57,16 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, **inputs: torch.Tensor) -> Any:
         return self.models[task](**inputs)
+
+
+def _tie_parameters(source: nn.Module, target: nn.Module) -> None:
+    """Make every parameter of `target` the same Parameter object as `source`'s."""
+    for name, param in list(target.named_parameters()):
+        owner, _, leaf = name.rpartition(".")
+        mine = source.get_parameter(name)
+        if mine.shape != param.shape:
+            raise ValueError(f"{name}: shapes differ")  # the same base config: a bug
+        setattr(target.get_submodule(owner) if owner else target, leaf, mine)
 
 
 @dataclass

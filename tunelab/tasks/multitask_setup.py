@@ -41,15 +41,17 @@ def multitask(cfg: MultiTaskRun, log: Callable[[str], None]) -> Setup:
         sub = part_config(cfg, name, Path(cfg.output_dir) / TASKS_DIR / name)
         log(f"task {name} ({sub.task}):")
         parts[name] = SETUPS[sub.task](sub, lambda line: log(f"  {line}"))
-    model = MultiTaskModel({k: s.model for k, s in parts.items()})
+    model = MultiTaskModel({k: s.model for k, s in parts.items()}, cfg.adapter)
     task = MultiTask({k: s.task for k, s in parts.items()}, cfg.sampling, cfg.temperature)
     task.train_sizes = {k: len(s.train) for k, s in parts.items()}
     train = MultiData({k: s.train for k, s in parts.items()})
     dev = MultiData({k: s.dev for k, s in parts.items()})
     first = next(iter(parts.values()))
     base = type(first.model.base_model).__name__
-    log(f"shared by the tasks: {', '.join(f'{base}.{n}' for n in model.shared)}; one head "
-        f"each: {', '.join(model.head_names)}")
+    what = "shared by the tasks" if cfg.adapter == "shared" else \
+        "frozen weights shared by the tasks (an adapter each)"
+    log(f"{what}: {', '.join(f'{base}.{n}' for n in model.shared)}; one head each: "
+        f"{', '.join(model.head_names)}")
     schedule = TaskSchedule({k: s.train.lengths() for k, s in parts.items()},
                             cfg.train.batch_size, cfg.train.seed, cfg.train.bucket_by_length,
                             cfg.sampling, cfg.temperature)
