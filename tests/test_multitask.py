@@ -212,6 +212,9 @@ def test_saved_tasks_serve_the_trained_model(trained, capsys):
     assert main(["eval", str(run), "--task", "topic"]) == 0
     out = capsys.readouterr().out
     assert f"accuracy: {summary['final_dev']['topic/accuracy']:.4f}" in out
+    assert main(["eval", str(run)]) == 0  # every task in turn
+    out = capsys.readouterr().out
+    assert "== task sentiment" in out and "== task ner" in out and "overall" in out
     assert main(["predict", str(run), "john smith visited paris", "--task", "ner"]) == 0
     assert 'PER  "john smith"' in capsys.readouterr().out
     assert main(["predict", str(run), "john"]) == 2
