@@ -38,10 +38,10 @@ def task_parts(args) -> dict[str, dict]:
     }
 
 
-def common(out: Path) -> dict:
+def common(out: Path, lr: float) -> dict:
     return {"model": {"name": "minilm", "max_length": MAX_LEN},
             "method": {"name": "lora", "r": R, "alpha": ALPHA, "targets": "all-linear"},
-            "train": {"epochs": 1, "batch_size": BATCH, "lr": LR, "schedule": "linear",
+            "train": {"epochs": 1, "batch_size": BATCH, "lr": lr, "schedule": "linear",
                       "warmup_ratio": 0.06, "precision": "fp32", "seed": SEED,
                       "eval_at_start": False, "load_best_at_end": False,
                       "checkpoint_every": 100000},
@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--conll", type=int, default=2500, help="CoNLL-2003 training sentences")
     p.add_argument("--dev", type=int, default=1000, help="dev examples per task (at most)")
     p.add_argument("--sampling", default="proportional")
+    p.add_argument("--lr", type=float, default=LR, help="learning rate of every run")
     p.add_argument("--adapter", default="shared", choices=["shared", "per_task"])
     p.add_argument("--work", default="/tmp/tunelab-bench-multitask")
     p.add_argument("--no-write", action="store_true", help="print the table; leave BENCHMARKS.md")
@@ -73,12 +74,12 @@ def main() -> None:
     parts = task_parts(args)
 
     print("multitask run ...", flush=True)
-    multi = run({**common(work / "multi"), "task": "multitask", "tasks": parts,
+    multi = run({**common(work / "multi", args.lr), "task": "multitask", "tasks": parts,
                  "sampling": args.sampling, "adapter": args.adapter}, print)
     alone = {}
     for name, part in parts.items():
         print(f"{name} alone ...", flush=True)
-        alone[name] = run({**common(work / name), **part}, lambda _: None)
+        alone[name] = run({**common(work / name, args.lr), **part}, lambda _: None)
         print(f"  {name} alone: {alone[name]['final_dev']}", flush=True)
 
     from tunelab.tasks.multitask_setup import task_scores
@@ -92,8 +93,8 @@ def main() -> None:
              f"Measured {date.today()} on {machine()}; fp32. Training subsets: {args.sst2} SST-2, "
              f"{args.ag_news} AG News (train_subset.tsv, 10% held out as dev), {args.conll} "
              f"CoNLL-2003 sentences (seeded samples); dev scores on at most {args.dev} dev examples "
-             f"per task (SST-2 dev has 872; CoNLL-2003 valid.txt 3,250). LoRA r{R}/alpha {ALPHA} on every Linear, lr {LR:g}, batch "
-             f"{BATCH}, linear schedule, warmup 6%, seed {SEED}, max length {MAX_LEN}. The "
+             f"per task (SST-2 dev has 872; CoNLL-2003 valid.txt 3,250). LoRA r{R}/alpha "
+             f"{ALPHA} on every Linear, lr {args.lr:g}, batch {BATCH}, linear schedule, warmup 6%, seed {SEED}, max length {MAX_LEN}. The "
              f"multitask run shares MiniLM and {shared}, with a head per task, "
              f"`sampling: {args.sampling}`, one epoch (every example once, each batch from "
              "one task); each task alone trains on the same subset for one epoch: the same "
@@ -129,7 +130,7 @@ def main() -> None:
               + "python bench/multitask.py" + "".join(
                   f" --{k.replace('_', '-')} {getattr(args, k)}"
                   for k, d in (("sst2", 4000), ("ag_news", 2000), ("conll", 2500), ("dev", 1000),
-                               ("sampling", "proportional"), ("adapter", "shared"))
+                               ("sampling", "proportional"), ("adapter", "shared"), ("lr", LR))
                   if getattr(args, k) != d) + "`."]
     section = "\n".join(lines) + "\n"
     if not args.no_write:
