@@ -30,6 +30,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/classify_vs_peft.py
 	$(BIN)/python bench/sft_vs_trl.py
 	$(BIN)/python bench/ner_vs_peft.py
+	$(BIN)/python bench/methods.py
+	$(BIN)/python bench/cv_tune.py
+	$(BIN)/python bench/domain_adapt.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

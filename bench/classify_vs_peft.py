@@ -8,7 +8,7 @@ own process, one after another; every configuration runs once per training seed 
 table gives the mean (accuracy with its range: one seed's accuracy moves by a point).
 Writes a table into BENCHMARKS.md.
 
-    python bench/classify_vs_peft.py [--examples 4000] [--seeds 0 1 2]
+    python bench/classify_vs_peft.py [--examples 4000] [--seeds 0 1 2] [--precisions fp32 bf16]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, machine, matmul_peak_gflops, peak_rss_mb, update_benchmarks  # noqa: E402
 
 WORKLOADS = {"lora": {"lr": 5e-4, "targets": ["query", "value"]}, "full": {"lr": 5e-5}}
-RUNS = [f"{tool}-{w}" for w in WORKLOADS for tool in ("tunelab", "reference")]
+PRECISIONS = ("fp32", "bf16")
+RUNS = [f"{tool}-{w}-{p}" for w in WORKLOADS for p in PRECISIONS for tool in ("tunelab", "reference")]
 BATCH, MAX_LEN, WARMUP = 32, 64, 0.06
 
 
@@ -41,7 +42,7 @@ def tunelab_config(args, workload: str, out: Path):
         f"data.max_train_examples={args.examples}", *method, "train.epochs=1",
         f"train.batch_size={BATCH}", f"train.lr={w['lr']}", f"train.warmup_ratio={WARMUP}",
         "train.eval_at_start=false", "train.checkpoint_every=100000", f"train.seed={args.seed}",
-        "train.precision=fp32",  # the reference trains in fp32 too
+        f"train.precision={args.precision}",  # the reference runs at the same precision
         f"output_dir={out}"])
 
 
@@ -84,6 +85,7 @@ def child_reference(args, workload: str, out: Path) -> dict:
                               lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.01,
                               max_grad_norm=1.0, seed=args.seed, logging_steps=50, save_strategy="no",
                               report_to=[], use_cpu=not torch.cuda.is_available(),
+                              bf16=args.precision == "bf16",  # autocast, fp32 master weights
                               dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds,
                       data_collator=DataCollatorWithPadding(tok))
@@ -113,7 +115,7 @@ def flops_per_token(workload: str) -> float:
 
 
 def child(kind: str, args) -> None:
-    tool, workload = kind.split("-")
+    tool, workload, args.precision = kind.split("-")
     out = Path(args.work) / kind
     result = (child_tunelab if tool == "tunelab" else child_reference)(args, workload, out)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -127,8 +129,12 @@ def mean(values: list[float]) -> float:
 def table(args, results: dict, peak: float) -> str:
     """results[kind] is a list of per-seed results."""
     lines = [f"## MiniLM on SST-2: tunelab vs peft + transformers.Trainer ({device_name()})", "",
-             f"Measured {date.today()} on {machine()}; fp32 for both tools; matmul peak measured in the same "
-             f"run: {peak:.1f} GFLOP/s. {args.examples} seeded SST-2 training examples (the same "
+             f"Measured {date.today()} on {machine()}; fp32 matmul peak measured in the same "
+             f"run: {peak:.1f} GFLOP/s. Each tool runs at each precision in "
+             f"{', '.join(args.precisions)} (bf16: autocast with fp32 master weights, "
+             "`train.precision: bf16` in tunelab, `bf16=True` in the Trainer); a ratio compares runs "
+             "at the same precision; MFU is always against the fp32 peak."
+             f" {args.examples} seeded SST-2 training examples (the same "
              f"for every run), max length {MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, "
              f"warmup {WARMUP:.0%}; training seeds {', '.join(map(str, args.seeds))}, one run per "
              "seed and tool, figures are means over seeds. (a) LoRA r8/alpha 16 on query and "
@@ -136,16 +142,18 @@ def table(args, results: dict, peak: float) -> str:
              "counts matmul FLOPs per real token (6N full, 4N frozen base) against the measured "
              "peak (MFU/peak: how far each figure is from it). Dev accuracy on all 872 SST-2 dev "
              "examples: mean, and [lowest, highest] over seeds.",
-             "", "| workload | run | real tokens/s | examples/s | vs reference | MFU | peak RSS (MB) | train time (s) | wall (s) | dev accuracy |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for workload in WORKLOADS:
-        ref_tps = mean([r["tokens"] / r["seconds"] for r in results[f"reference-{workload}"]])
+             "", "| workload | precision | run | real tokens/s | examples/s | vs reference | MFU | peak RSS (MB) | train time (s) | wall (s) | dev accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for workload, precision in ((w, p) for w in WORKLOADS for p in args.precisions):
+        ref_tps = mean([r["tokens"] / r["seconds"]
+                        for r in results[f"reference-{workload}-{precision}"]])
         for tool in ("tunelab", "reference"):
-            runs = results[f"{tool}-{workload}"]
+            runs = results[f"{tool}-{workload}-{precision}"]
             tps = mean([r["tokens"] / r["seconds"] for r in runs])
             acc = [r["accuracy"] for r in runs]
             mfu = tps * flops_per_token(workload) / (peak * 1e9)
-            lines.append(f"| ({'a' if workload == 'lora' else 'b'}) {workload} | {tool} | {tps:.0f} | "
+            lines.append(f"| ({'a' if workload == 'lora' else 'b'}) {workload} | {precision} | "
+                         f"{tool} | {tps:.0f} | "
                          f"{mean([r['examples'] / r['seconds'] for r in runs]):.1f} | "
                          f"{tps / ref_tps:.2f}x | {mfu:.0%} | "
                          f"{max(r['peak_rss_mb'] for r in runs):.0f} | "
@@ -153,7 +161,8 @@ def table(args, results: dict, peak: float) -> str:
                          f"{mean([r['wall'] for r in runs]):.1f} | "
                          f"{mean(acc):.4f} [{min(acc):.4f}, {max(acc):.4f}] |")
     lines += ["", f"Command: `python bench/classify_vs_peft.py --examples {args.examples} --seeds "
-              f"{' '.join(map(str, args.seeds))}` (part of `make bench`)."]
+              f"{' '.join(map(str, args.seeds))} --precisions {' '.join(args.precisions)}` "
+              "(part of `make bench`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -161,6 +170,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--examples", type=int, default=4000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     p.add_argument("--work", default="/tmp/tunelab-bench-classify")
     p.add_argument("--child", choices=RUNS)
@@ -172,7 +182,7 @@ def main() -> None:
     peak = matmul_peak_gflops()
     results: dict[str, list[dict]] = {kind: [] for kind in RUNS}
     for seed in args.seeds:
-        for kind in RUNS:
+        for kind in [k for k in RUNS if k.rsplit("-", 1)[1] in args.precisions]:
             out = Path(args.work) / f"{kind}-{seed}.json"
             print(f"running {kind}, seed {seed} ...", flush=True)
             subprocess.run([sys.executable, __file__, "--child", kind, "--json", str(out),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -70,6 +72,39 @@ def tiny_config(model_dir: Path, data: dict[str, Path], out: Path, **train) -> d
         "output_dir": str(out),
     }
 
+
+def sigterm_after_step(monkeypatch: pytest.MonkeyPatch, at: int) -> Callable[[], None]:
+    """Send this process SIGTERM right after optimizer step `at` (0-based), as a kill between
+    checkpoints would; returns the function that restores the real step."""
+    from tunelab.train import loop
+
+    real_step = loop.Trainer._step
+
+    def step_then_signal(self, step, trainable):
+        out = real_step(self, step, trainable)
+        if step == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop.Trainer, "_step", step_then_signal)
+    return lambda: monkeypatch.setattr(loop.Trainer, "_step", real_step)
+
+
+
+def interrupt_then_resume(tree: dict, out: Path, monkeypatch: pytest.MonkeyPatch, at: int,
+                          log=lambda _: None) -> dict:
+    """Train the config `tree` into `out`, stopped by SIGTERM after step `at`, then resumed
+    to the end; returns the resumed run's summary."""
+    from tunelab.config import validate
+    from tunelab.train.run import train
+    from tunelab.train.signals import Interrupted
+
+    tree = {**tree, "output_dir": str(out)}
+    restore = sigterm_after_step(monkeypatch, at)
+    with pytest.raises(Interrupted):
+        train(validate(tree), log=log)
+    restore()
+    return train(validate(tree), resume=True, log=log)
 
 def real_data_dir() -> Path:
     """../shared/data; under CI=true its absence is a failure, elsewhere a skip."""

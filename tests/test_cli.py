@@ -103,7 +103,8 @@ def test_bad_target_is_one_line_and_debug_shows_the_traceback(tiny_model_dir, ti
 CLI_METHODS = [{"name": "lora", "loraplus_lr_ratio": 16, "targets": ["query", "value"]},
                {"name": "ia3"}, {"name": "vera", "r": 8}, {"name": "loha", "r": 4},
                {"name": "lokr", "r": 4, "rank_dropout": 0.1},
-               {"name": "houlsby", "reduction_factor": 4}, {"name": "pfeiffer"}]
+               {"name": "houlsby", "reduction_factor": 4}, {"name": "pfeiffer"},
+               {"name": "adalora", "init_r": 4, "target_r": 2, "tfinal": 1}]
 
 
 @pytest.mark.parametrize("method", CLI_METHODS, ids=lambda m: m["name"])

@@ -23,7 +23,7 @@ def test_unknown_top_level_key_suggests_the_right_one():
 def test_unknown_method_key_lists_only_that_methods_keys():
     msg = err(BASE, ["method.name=lora", "method.rr=4"])
     assert msg == ("config: unknown key 'method.rr' (did you mean 'method.r'?); valid keys here: "
-                   "name, r, alpha, dropout, targets, scaling, init, loraplus_lr_ratio")
+                   "name, r, alpha, dropout, targets, scaling, init, loraplus_lr_ratio, rank_pattern")
 
 
 def test_nested_typo_and_range_errors_are_reported_together():
@@ -40,7 +40,8 @@ def test_rank_must_be_positive():
 def test_unknown_method_name():
     assert err(BASE, ["method.name=lorra"]) == (
         "config: method.name: unknown method 'lorra' (did you mean 'lora'?); choose from: "
-        "full, freeze, bitfit, lora, dora, ia3, vera, loha, lokr, houlsby, pfeiffer")
+        "full, freeze, bitfit, lora, dora, ia3, vera, loha, lokr, adalora, houlsby, pfeiffer, "
+        "prompt_tuning, prefix_tuning, p_tuning")
 
 
 def test_bad_regex_target():

@@ -177,7 +177,8 @@ def test_catalog_name_resolves_in_data_dir(tmp_path, monkeypatch):
                                 "or loss"),
     (["task=token_clasification"], "config: task: unknown task 'token_clasification' (did you mean "
                                    "'token_classification'?); choose from: classification, "
-                                   "causal_lm, token_classification, translation, multitask"),
+                                   "causal_lm, token_classification, translation, masked_lm, "
+                                   "multitask"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError) as exc:
@@ -358,7 +359,10 @@ def run_logits(model, tok, texts: list[str]) -> torch.Tensor:
     {"name": "lora", "r": 4, "alpha": 8, "targets": "all-linear"},
     {"name": "dora", "r": 4, "alpha": 8, "targets": ["query", "value"]},
     {"name": "ia3"}, {"name": "vera", "r": 8}, {"name": "loha", "r": 4}, {"name": "lokr", "r": 4},
-    {"name": "houlsby"}, {"name": "pfeiffer"}], ids=lambda m: m["name"])
+    {"name": "adalora", "init_r": 4, "target_r": 2},
+    {"name": "houlsby"}, {"name": "pfeiffer"}, {"name": "prompt_tuning", "num_virtual_tokens": 4},
+    {"name": "p_tuning", "num_virtual_tokens": 4}, {"name": "prefix_tuning", "num_virtual_tokens": 4}],
+    ids=lambda m: m["name"])
 def test_every_method_trains_the_head_and_saves_a_loadable_run(method, tiny_model_dir, ner_files,
                                                                tmp_path):
     tree = ner_config(tiny_model_dir, ner_files, tmp_path / "run", method, max_steps=4,
@@ -378,7 +382,8 @@ def test_every_method_trains_the_head_and_saves_a_loadable_run(method, tiny_mode
 
 def test_every_registered_method_is_in_the_ner_matrix():
     assert set(METHODS) == {"full", "freeze", "bitfit", "lora", "dora", "ia3", "vera", "loha",
-                            "lokr", "houlsby", "pfeiffer"}
+                            "lokr", "adalora", "houlsby", "pfeiffer", "prompt_tuning", "p_tuning",
+                            "prefix_tuning"}
 
 
 # ----------------------------------------------------------------------------- peft interop

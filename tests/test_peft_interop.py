@@ -131,9 +131,9 @@ def test_pissa_adapter_is_written_against_the_original_base(tmp_path: Path):
 def test_unsupported_adapter_config_is_refused(tmp_path: Path):
     from tunelab.errors import AdapterError
 
-    theirs = peft_model(PeftLoraConfig, {**LORA, "rank_pattern": {"query": 2}})
+    theirs = peft_model(PeftLoraConfig, {**LORA, "alpha_pattern": {"query": 2}})
     theirs.save_pretrained(tmp_path)
-    with pytest.raises(AdapterError, match="rank_pattern=.* is not supported"):
+    with pytest.raises(AdapterError, match="alpha_pattern=.* is not supported"):
         load_adapter(tiny_classifier(), tmp_path, ["classifier"])
 
 def test_adapter_for_another_base_is_refused(tmp_path: Path):
@@ -150,8 +150,9 @@ def test_adapter_for_another_base_is_refused(tmp_path: Path):
 
 @pytest.mark.parametrize("edit,message", [
     ({"layers_to_transform": 0}, "layers_to_transform=0 is not supported by tunelab yet"),
-    ({"peft_type": "ADALORA"}, r"peft_type 'ADALORA' is not supported \(tunelab loads IA3, LOHA, "
-                               r"LOKR, LORA, VERA adapters\)"),
+    ({"peft_type": "BOFT"}, r"peft_type 'BOFT' is not supported \(tunelab loads ADALORA, IA3, "
+                            r"LOHA, LOKR, LORA, PREFIX_TUNING, PROMPT_TUNING, P_TUNING, VERA "
+                            r"adapters\)"),
     ({"r": None}, r"adapter_config.json: r: input should be a valid integer \(got None\)"),
 ], ids=["layers_to_transform", "peft_type", "bad-value"])
 def test_adapter_configs_we_cannot_honour_are_refused_by_key(edit, message, tmp_path: Path):

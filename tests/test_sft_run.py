@@ -175,6 +175,7 @@ def test_eval_and_merge_of_a_causal_lm_run(sft_setup, tmp_path, capsys):
 # On this tiny random Llama, scaling-vector methods have a few hundred parameters, and bottleneck
 # adapters read sublayer outputs of about 1e-3 (random init), so they mostly learn a constant
 # shift: they get larger steps or are held to a smaller (still deterministic) improvement.
+# AdaLoRA's update is a product of three small factors (E starts at 0): it gets larger steps too.
 @pytest.mark.parametrize("method", [{"name": "full"}, {"name": "freeze", "train_last_layers": 1},
                                     {"name": "lora", "targets": "all-linear"},
                                     {"name": "dora", "targets": "all-linear"},
@@ -182,6 +183,8 @@ def test_eval_and_merge_of_a_causal_lm_run(sft_setup, tmp_path, capsys):
                                      "feedforward": ["down_proj"], "lr": 0.3, "ratio": 0.97},
                                     {"name": "vera", "r": 64, "lr": 0.1, "ratio": 0.97},
                                     {"name": "loha", "lr": 0.03}, {"name": "lokr", "lr": 0.03},
+                                    {"name": "adalora", "init_r": 8, "target_r": 4, "tfinal": 10,
+                                     "lr": 0.1},
                                     {"name": "houlsby", "reduction_factor": 4, "ratio": 0.97},
                                     {"name": "pfeiffer", "reduction_factor": 4, "ratio": 0.97}],
                          ids=lambda m: m["name"])

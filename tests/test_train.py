@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_config
+from conftest import REPO, sigterm_after_step, tiny_config
 from tunelab.config import validate
 from tunelab.errors import CheckpointError
 from tunelab.train import loop as loop_mod
@@ -90,18 +90,10 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, tiny_data, tmp_
     straight = train(validate(tree), log=quiet)
 
     tree["output_dir"] = str(tmp_path / "interrupted")
-    real_step = loop_mod.Trainer._step
-
-    def step_then_signal(self, step, trainable):
-        out = real_step(self, step, trainable)
-        if step == 5:  # the 6th step: between checkpoints (every 4)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(loop_mod.Trainer, "_step", step_then_signal)
+    restore = sigterm_after_step(monkeypatch, 5)  # the 6th step: between checkpoints (every 4)
     with pytest.raises(Interrupted, match=r"SIGTERM at step 6/12: checkpoint saved to .*step-0000006"):
         train(validate(tree), log=quiet)
-    monkeypatch.setattr(loop_mod.Trainer, "_step", real_step)
+    restore()
     resumed = train(validate(tree), resume=True, log=quiet)
 
     a, b = adapter_tensors(tmp_path / "straight"), adapter_tensors(tmp_path / "interrupted")
@@ -183,18 +175,10 @@ def test_unavailable_device_fails_before_anything_is_written(tiny_model_dir, tin
 def test_resume_before_the_first_checkpoint_starts_over_cleanly(tiny_model_dir, tiny_data,
                                                                 tmp_path, monkeypatch):
     tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "early", checkpoint_every=100)
-    real_step = loop_mod.Trainer._step
-
-    def step_then_signal(self, step, trainable):
-        out = real_step(self, step, trainable)
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(loop_mod.Trainer, "_step", step_then_signal)
+    restore = sigterm_after_step(monkeypatch, 2)
     with pytest.raises(Interrupted):
         train(validate(tree), log=quiet)
-    monkeypatch.setattr(loop_mod.Trainer, "_step", real_step)
+    restore()
     ckpts = sorted((tmp_path / "early" / "checkpoints").glob("step-*"))
     assert [c.name for c in ckpts] == ["step-0000003"]  # the signal's checkpoint
     import shutil

@@ -124,3 +124,25 @@ def test_translation_config_errors():
         validate({"task": "translation", "data": {"prompt": "Translate:"}, "output_dir": "x"})
     with pytest.raises(ConfigError, match="train.metric: translation runs select by held-out loss"):
         validate({"task": "translation", "train": {"metric": "accuracy"}, "output_dir": "x"})
+
+
+def test_multi30k_catalog_name_reads_the_real_corpus(monkeypatch):
+    """`data.path: multi30k` is a folder in the data directory, with its own split names."""
+    from conftest import real_data_dir
+    from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir
+
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(real_data_dir()))
+    root = corpus_dir("multi30k")
+    assert root == real_data_dir() / "multi30k"
+    pairs = read_parallel(root, CATALOG_SPLITS["multi30k"]["test"], "en", "de", limit=3)
+    assert len(pairs) == 3 and pairs[0].source.startswith("A man in an orange hat")
+
+
+def test_a_missing_catalog_folder_says_where_it_looked(tmp_path, monkeypatch):
+    from tunelab.data.parallel import corpus_dir
+
+    monkeypatch.setenv("TUNELAB_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError) as exc:
+        corpus_dir("multi30k")
+    assert str(exc.value) == (f"{tmp_path / 'multi30k'}: catalog folder not found; set "
+                              f"TUNELAB_DATA_DIR to the folder that holds multi30k/ (now {tmp_path})")

@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path)
     e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
     e.add_argument("--split", choices=["dev", "test"], default="dev")
+    _adapter_options(e)
     e.add_argument("--task", help="multitask runs: the task to score (default: every task)")
 
     pr = sub.add_parser("predict", help="label and probability per text; the entities with "
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("texts", nargs="*")
     pr.add_argument("--file", type=Path, help="one text per line")
+    _adapter_options(pr)
     pr.add_argument("--task", help="multitask runs: the task to serve")
 
     d = sub.add_parser("data", help="data tools")
@@ -53,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("-n", type=int, default=3, help="examples to show")
     ins.add_argument("--no-color", action="store_true", help="mark trained tokens with [[ ]]")
 
+    aug = dsub.add_parser("augment", help="write the training set with its augmented copies "
+                                          "(data.augment) to a JSONL file")
+    aug.add_argument("config")
+    aug.add_argument("overrides", nargs="*")
+    aug.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
+    aug.add_argument("--epoch", type=int, default=0, help="whose copies (they change per epoch)")
+
     for name, helptext in (("generate", "generate text from a causal LM run or model"),
                            ("chat", "interactive chat with a causal LM run or model")):
         g = sub.add_parser(name, help=helptext)
@@ -60,15 +69,73 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--system", help="a system prompt")
         g.add_argument("--max-new-tokens", type=int, default=256)
         g.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+        _adapter_options(g)
         if name == "generate":
             g.add_argument("--prompt")
             g.add_argument("--file", type=Path, help="JSONL of {prompt} or {messages}")
             g.add_argument("--out", type=Path, help="JSONL to write (default: print)")
 
-    m = sub.add_parser("merge", help="write base + adapter as one plain transformers checkpoint")
-    m.add_argument("run_dir", type=Path)
-    m.add_argument("out", type=Path)
+    r = sub.add_parser("report", help="a self-contained HTML page (and Markdown) for a run, or "
+                                      "one comparing several runs side by side")
+    r.add_argument("run_dirs", nargs="+", type=Path)
+    r.add_argument("--out", type=Path, help="folder to write to (default: RUN_DIR/report for "
+                                            "one run, ./compare-report for several)")
+    r.add_argument("--no-data", action="store_true", help="use the run's files alone: no "
+                   "reloading the model, no data statistics or dev predictions")
+    r.add_argument("--samples", type=int, default=10, help="example rows per sample table")
+
+    m = sub.add_parser("merge", help="fold a run's adapter into its base (merge RUN_DIR OUT), or "
+                                     "combine several LoRA adapters (merge A B ... --out OUT)")
+    m.add_argument("sources", nargs="+", type=Path,
+                   help="run directories or PEFT LoRA adapter directories (RUN_DIR OUT without --out)")
+    m.add_argument("--out", type=Path, help="where the combined adapter (or model) goes")
+    m.add_argument("--weights", type=float, nargs="+", help="one per adapter (default: 1/n each)")
+    m.add_argument("--combine", default="linear", help="linear, cat, svd, ties, dare_linear, "
+                   "dare_ties, magnitude_prune, or ties_svd / dare_linear_svd / dare_ties_svd / "
+                   "magnitude_prune_svd")
+    m.add_argument("--density", type=float, help="ties / dare / magnitude_prune: share kept")
+    m.add_argument("--rank", type=int, help="svd merges: the result's rank (default: the largest)")
+    m.add_argument("--majority-sign", choices=["total", "frequency"], default="total")
+    m.add_argument("--seed", type=int, default=0, help="DARE's random masks")
+    m.add_argument("--head", help="the adapter (directory name) whose task head to keep")
+    m.add_argument("--into-base", action="store_true", help="write a merged full model instead")
+    m.add_argument("--base", help="the base model, when the adapters name it differently")
+
+    cv = sub.add_parser("cv", help="K-fold cross-validation of a config: per-fold scores, "
+                                   "mean and standard deviation")
+    cv.add_argument("config")
+    cv.add_argument("overrides", nargs="*")
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--keep", choices=["adapters", "none", "all"], default="adapters",
+                    help="what each OUT/fold-k keeps besides its scores and logs: the adapter "
+                         "(or model), nothing, or also checkpoints")
+    cv.add_argument("--overwrite", action="store_true", help="replace an earlier output_dir")
+
+    tu = sub.add_parser("tune", help="hyperparameter search (Optuna) over the config's search: "
+                                     "section; resumes its study")
+    tu.add_argument("config")
+    tu.add_argument("overrides", nargs="*")
+    tu.add_argument("--trials", type=int, required=True,
+                    help="finished trials the study should hold (a resumed study runs the rest)")
+    tu.add_argument("--cv", type=int, metavar="K", help="score each trial by K-fold cross-validation")
+    tu.add_argument("--keep", choices=["adapters", "none", "all"], default="none",
+                    help="what each OUT/trial-N keeps besides its scores and logs")
+    tu.add_argument("--no-prune", action="store_true", help="let every trial run to the end")
+    tu.add_argument("--overwrite", action="store_true", help="start a new study in output_dir")
+
+    x = sub.add_parser("export", help="write a run's adapter in another format (an AdaLoRA "
+                                      "run as a plain LoRA adapter at its final ranks)")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--to", choices=["lora"], required=True)
+    x.add_argument("out", type=Path)
     return p
+
+
+def _adapter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--add-adapter", action="append", default=[], metavar="[NAME=]PATH",
+                   help="load another LoRA adapter (run or adapter directory); repeatable")
+    p.add_argument("--adapter", metavar="NAME", help="the adapter to use (base: none; default: "
+                                                     "the run's own, named after its directory)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,9 +174,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         train(load_config(args.config, args.overrides), resume=args.resume,
               overwrite=args.overwrite)
     elif args.command == "eval":
-        commands.evaluate(args.run_dir, args.data, args.split, args.task)
+        commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter,
+                          args.task)
     elif args.command == "predict":
-        commands.predict(args.run_dir, args.texts, args.file, args.task)
+        commands.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter,
+                          args.task)
+    elif args.command == "data" and args.data_command == "augment":
+        from tunelab.augment.command import materialise
+
+        materialise(load_config(args.config, args.overrides), args.out, args.epoch)
     elif args.command == "data":
         from tunelab.inspect_data import inspect
 
@@ -119,11 +192,39 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tunelab.generation import generate
 
         generate(args.target, args.prompt, args.file, args.out, args.system, args.max_new_tokens,
-                 args.temperature)
+                 args.temperature, args.add_adapter, args.adapter)
     elif args.command == "chat":
         from tunelab.generation import chat
 
-        chat(args.target, args.system, args.max_new_tokens, args.temperature)
+        chat(args.target, args.system, args.max_new_tokens, args.temperature,
+             adapters=args.add_adapter, use=args.adapter)
+    elif args.command == "report":
+        from tunelab.report import report
+
+        report(args.run_dirs, args.out, not args.no_data, args.samples)
+    elif args.command == "merge" and args.out is None:
+        given = [o for o in ("weights", "density", "rank", "head", "base") if getattr(args, o) is not None]
+        commands.merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
+                           + (["into_base"] if args.into_base else []))
     elif args.command == "merge":
-        commands.merge(args.run_dir, args.out)
+        from tunelab.merge_commands import merge_adapters
+        from tunelab.methods.merging import CombineSpec
+
+        spec = CombineSpec(args.combine, args.density, args.rank, args.majority_sign, args.seed)
+        merge_adapters(args.sources, args.out, args.weights, spec, args.into_base, args.head,
+                       args.base)
+    elif args.command == "cv":
+        from tunelab.eval.cv import cross_validate
+
+        cross_validate(load_config(args.config, args.overrides), args.folds, args.keep,
+                       args.overwrite)
+    elif args.command == "tune":
+        from tunelab.eval.tune import tune
+
+        tune(args.config, args.overrides, args.trials, args.cv, args.keep, args.overwrite,
+             prune=not args.no_prune)
+    elif args.command == "export":
+        from tunelab.export import export_run
+
+        export_run(args.run_dir, args.to, args.out)
     return 0

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config, validate
 from tunelab.data.splits import load_splits, read_like_training
-from tunelab.errors import DataError
+from tunelab.errors import AdapterError, DataError
 from tunelab.eval.metrics import confusion, format_confusion
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models import load_classifier, resolve
+from tunelab.named_adapters import load_run
 from tunelab.runs import load_trained, task_runs
 from tunelab.tasks.classification import ClassificationTask
 
@@ -32,6 +34,10 @@ def info(cfg: RunConfig) -> None:
 
         tags = load_conll_splits(cfg.data).tags
         model = load_token_classifier(resolve(cfg.model.name), tags, cfg.model.dropout)
+    elif cfg.task == "masked_lm":
+        from tunelab.models.mlm import load_masked_lm
+
+        model = load_masked_lm(resolve(cfg.model.name), cfg.model.dropout)[0]
     else:
         splits = load_splits(cfg.data)
         model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
@@ -43,7 +49,8 @@ def _task(tokenizer, info: dict) -> ClassificationTask:
     return ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id)
 
 
-def evaluate(run_dir: Path, data: str | None, split: str, task: str | None = None) -> dict:
+def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | None = None,
+             use: str | None = None, task: str | None = None) -> dict:
     """Score a run; a multitask run's `task` (every task in turn when none is given)."""
     runs = task_runs(run_dir, task)
     if runs != [run_dir]:
@@ -53,31 +60,30 @@ def evaluate(run_dir: Path, data: str | None, split: str, task: str | None = Non
         out = {}
         for sub in runs:
             print(f"== task {sub.name}")
-            out[sub.name] = evaluate(sub, data, split)
+            out[sub.name] = evaluate(sub, data, split, adapters, use)
         return out if len(runs) > 1 else out[runs[0].name]
-    return _evaluate_run(run_dir, data, split)
+    return _evaluate_run(run_dir, data, split, adapters, use)
 
 
-def _evaluate_run(run_dir: Path, data: str | None, split: str) -> dict:
+def _evaluate_run(run_dir: Path, data: str | None, split: str, adapters: list[str] | None,
+                  use: str | None) -> dict:
     import torch
 
-    model, tokenizer, info = load_trained(run_dir)
+    model, tokenizer, info = load_run(run_dir, adapters, use)
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if info["task"] == "causal_lm":
         return _evaluate_lm(model, tokenizer, cfg, data)
     if info["task"] == "translation":
         return _evaluate_translation(model, tokenizer, cfg, info, data)
+    if info["task"] == "masked_lm":
+        from tunelab.tasks.mlm_setup import evaluate_mlm
+
+        return evaluate_mlm(model, tokenizer, cfg, data)
     if info["task"] == "token_classification":
         from tunelab import ner_commands
 
         return ner_commands.evaluate(cfg, model, tokenizer, info, data, split)
-    if data:
-        examples, name = read_like_training(cfg.data, data), data
-    else:
-        splits = load_splits(cfg.data)
-        if split == "test" and splits.test is None:
-            raise DataError("this run's data has no test file; pass --data PATH")
-        examples, name = (splits.test if split == "test" else splits.dev), split
+    examples, name = eval_items(cfg, data, split, load_splits, read_like_training)
     task = _task(tokenizer, info)
     unknown = [e for e in examples if e.label not in task.index]
     if unknown:
@@ -116,6 +122,18 @@ def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
     return scores
 
 
+def eval_items(cfg, data: str | None, split: str, load: Callable, read_like: Callable
+               ) -> tuple[list, str]:
+    """The examples `tunelab eval` scores and their name: the file `--data`, read like the
+    run's training data, or the run's own dev or test split."""
+    if data:
+        return read_like(cfg.data, data), data
+    splits = load(cfg.data)
+    if split == "test" and splits.test is None:
+        raise DataError("this run's data has no test file; pass --data PATH")
+    return (splits.test if split == "test" else splits.dev), split
+
+
 def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -> dict:
     """BLEU and chrF on the run's test split (data.max_test_examples pairs), or on another
     directory of {split}.{lang} files with the same split names."""
@@ -132,7 +150,8 @@ def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -
     return scores
 
 
-def predict(run_dir: Path, texts: list[str], file: Path | None, task: str | None = None) -> list:
+def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[str] | None = None,
+            use: str | None = None, task: str | None = None) -> list:
     import torch
 
     runs = task_runs(run_dir, task)
@@ -140,18 +159,20 @@ def predict(run_dir: Path, texts: list[str], file: Path | None, task: str | None
         raise DataError(f"predict: {run_dir} holds the tasks {', '.join(r.name for r in runs)}; "
                         "pick one with --task NAME")
     run_dir = runs[0]
-
     if file is not None:
         if not file.is_file():
             raise DataError(f"{file}: file not found")
         texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
-    model, tokenizer, info = load_trained(run_dir)
+    model, tokenizer, info = load_run(run_dir, adapters, use)
     if info["task"] == "token_classification":
         from tunelab import ner_commands
 
         return ner_commands.predict(model, tokenizer, info, texts)
+    if info["task"] == "masked_lm":
+        raise DataError(f"predict: {run_dir} is a masked_lm run (continued pretraining); score it "
+                        "with `tunelab eval`, or fine-tune from it with model.name: {run_dir}")
     if info["task"] != "classification":
         raise DataError(f"predict: {run_dir} is a {info['task']} run; use `tunelab generate`")
     pairs = None
@@ -174,13 +195,28 @@ def predict(run_dir: Path, texts: list[str], file: Path | None, task: str | None
     return out
 
 
+def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
+    """`tunelab merge RUN_DIR OUT` (no --out): fold one run's adapter into its base."""
+    if options:
+        raise AdapterError(f"merge: --{options[0].replace('_', '-')} combines adapters; name the "
+                           "output with --out OUT (merge A B ... --out OUT)")
+    if len(args) != 2:
+        raise AdapterError(f"merge: give RUN_DIR OUT, or several adapters with --out OUT (got "
+                           f"{len(args)} paths and no --out)")
+    if any((args[1] / f).is_file() for f in ("run.json", "adapter_config.json")):
+        raise AdapterError(f"merge: {args[1]} holds a run or an adapter; to combine adapters, "
+                           "write the output with --out OUT")
+    return merge(*args)
+
+
 def merge(run_dir: Path, out: Path) -> Path:
     model, tokenizer, info = load_trained(run_dir)
     n = merge_layers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     auto = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
-            "token_classification": "AutoModelForTokenClassification"}.get(
+            "token_classification": "AutoModelForTokenClassification",
+            "masked_lm": "AutoModelForMaskedLM"}.get(
         info.get("route", info["task"]), "AutoModelForSequenceClassification")
     print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
           f"transformers.{auto}.from_pretrained)")

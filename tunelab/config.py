@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from tunelab.augment.settings import AugmentConfig
 from tunelab.errors import ConfigError
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
@@ -46,6 +47,7 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    augment: AugmentConfig | None = None  # training examples only; see tunelab/augment/
 
 
 MethodConfig = Annotated[
@@ -162,6 +164,11 @@ class _RunBase(StrictModel):
         return v
 
     @model_validator(mode="after")
+    def _method_fits_run(self) -> "_RunBase":
+        METHODS[self.method.name].check_run(self)
+        return self
+
+    @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> "_RunBase":
         if self.train.early_stopping is not None and self.train.eval_every is None:
             raise ValueError("train.early_stopping needs train.eval_every (evaluate every N steps)")
@@ -263,6 +270,51 @@ class TranslationRun(_RunBase):
         return self
 
 
+class MaskedLMDataConfig(StrictModel):
+    """Unlabeled text for masked-LM continued pretraining of an encoder; masks drawn per step."""
+
+    # a catalog name (sst2, ag_news: their text column, labels ignored; wiki_demo, c4_demo,
+    # tinyshakespeare) or a .txt, .json/.jsonl, .tsv or .csv file
+    path: str
+    text_column: str | int | None = None  # None: the catalog's text column, else "text"
+    header: bool | None = None  # .tsv/.csv: None means the catalog's setting, else True
+    text_split: Literal["paragraph", "line", "file"] = "paragraph"  # documents in a .txt file
+    eval_path: str | None = None  # held-out texts (same column); default: eval_size from path
+    eval_size: int = Field(200, ge=1)
+    split_seed: int = 0
+    max_examples: int | None = Field(None, ge=1)  # train on the first N texts (after the split)
+    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)  # share of (non-special) tokens predicted
+    whole_word: bool = False  # mask every sub-token of a chosen word together
+    mask_token_share: float = Field(0.8, ge=0.0, le=1.0)  # chosen tokens shown as [MASK]
+    random_token_share: float = Field(0.1, ge=0.0, le=1.0)  # ... as a random token (rest: kept)
+
+    @model_validator(mode="after")
+    def _shares(self) -> "MaskedLMDataConfig":
+        if self.mask_token_share + self.random_token_share > 1.0 + 1e-9:
+            raise ValueError(f"data.mask_token_share ({self.mask_token_share}) + "
+                             f"data.random_token_share ({self.random_token_share}) exceed 1; the "
+                             "rest of the chosen tokens are kept unchanged")
+        return self
+
+
+class MaskedLMRun(_RunBase):
+    task: Literal["masked_lm"] = "masked_lm"
+    data: MaskedLMDataConfig
+
+    @model_validator(mode="after")
+    def _metric_is_loss(self) -> "MaskedLMRun":
+        if self.train.metric not in (None, "loss"):
+            raise ValueError(f"train.metric: masked_lm runs are scored by held-out masked-token "
+                             f"loss, not {self.train.metric}; remove train.metric or set it to loss")
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: masked_lm runs project only the masked "
+                             "tokens onto the vocabulary already; remove it")
+        return self
+
+
+SEARCH_KEY = "search"  # a top-level section of hyperparameter ranges for `tunelab tune`
+
+
 class ClassificationPart(StrictModel):
     """One sequence-classification task of a multitask run."""
 
@@ -334,11 +386,13 @@ class MultiTaskRun(_RunBase):
         return self
 
 
-RunConfig = ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun | MultiTaskRun
+RunConfig = (ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun
+             | MaskedLMRun | MultiTaskRun)
 RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassificationRun,
-                             TranslationRun, MultiTaskRun], Field(discriminator="task")]
+                             TranslationRun, MaskedLMRun, MultiTaskRun], Field(discriminator="task")]
 _ADAPTER = TypeAdapter(RUN_CONFIG)
-TASKS = ("classification", "causal_lm", "token_classification", "translation", "multitask")
+TASKS = ("classification", "causal_lm", "token_classification", "translation", "masked_lm",
+         "multitask")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -395,6 +449,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     tree: dict[str, Any] = dict(base or {})
     if path is not None:
         tree = read_yaml(path)
+    tree.pop(SEARCH_KEY, None)  # `tunelab tune` reads it; every other command runs the config as is
     for keys, value in parse_overrides(overrides or []):
         _apply_override(tree, keys, value)
     return validate(tree, source=str(path) if path else "config")

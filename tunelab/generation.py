@@ -13,15 +13,18 @@ import yaml
 from tunelab.data.readers import json_lines
 from tunelab.errors import DataError, ModelError
 from tunelab.models import load_causal_lm, load_tokenizer, resolve
-from tunelab.runs import RUN_INFO, load_trained
+from tunelab.named_adapters import attach, load_run
+from tunelab.runs import RUN_INFO
 from tunelab.tasks.causal_lm import generate_text
 
 
-def load_generator(target: str) -> tuple[Any, Any]:
-    """(model, tokenizer) from a run directory, or from a model name/directory alone."""
+def load_generator(target: str, adapters: list[str] | None = None,
+                   use: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) from a run directory, or from a model name/directory alone; with
+    `adapters` ([NAME=]PATH) loaded beside and `use` picking one (named_adapters.py)."""
     path = Path(target)
     if (path / RUN_INFO).is_file():
-        model, tokenizer, info = load_trained(path)
+        model, tokenizer, info = load_run(path, adapters, use)
         if info["task"] != "causal_lm":
             raise ModelError(f"{target}: a {info['task']} run cannot generate text; use predict")
         template = yaml.safe_load((path / "config.yaml").read_text())["data"].get("template")
@@ -29,7 +32,9 @@ def load_generator(target: str) -> tuple[Any, Any]:
             tokenizer.chat_template = Path(template).expanduser().read_text(encoding="utf-8")
         return model, tokenizer
     base = resolve(target)
-    return load_causal_lm(base).eval(), load_tokenizer(base)
+    model = load_causal_lm(base)
+    attach(model, None, adapters or [], use)
+    return model.eval(), load_tokenizer(base)
 
 
 def render(tokenizer, messages: list[dict[str, str]]) -> str:
@@ -39,8 +44,9 @@ def render(tokenizer, messages: list[dict[str, str]]) -> str:
 
 
 def generate(target: str, prompt: str | None, file: Path | None, out: Path | None,
-             system: str | None, max_new_tokens: int, temperature: float) -> list[str]:
-    model, tokenizer = load_generator(target)
+             system: str | None, max_new_tokens: int, temperature: float,
+             adapters: list[str] | None = None, use: str | None = None) -> list[str]:
+    model, tokenizer = load_generator(target, adapters, use)
     if prompt is not None:
         items = [{"prompt": prompt}]
     elif file is not None:
@@ -76,14 +82,19 @@ def _read_prompts(file: Path) -> list[dict[str, Any]]:
 
 
 def chat(target: str, system: str | None, max_new_tokens: int, temperature: float,
-         stdin=sys.stdin) -> None:
-    """Interactive multi-turn chat with streamed tokens; /reset clears the history, /exit ends."""
+         stdin=sys.stdin, adapters: list[str] | None = None, use: str | None = None) -> None:
+    """Interactive multi-turn chat with streamed tokens; /reset clears the history, /exit ends,
+    /adapter NAME switches adapters (/adapter base: none)."""
     from transformers import TextStreamer
 
-    model, tokenizer = load_generator(target)
+    from tunelab.errors import AdapterError
+    from tunelab.methods.multi_adapter import set_adapter
+
+    model, tokenizer = load_generator(target, adapters, use)
     start = [{"role": "system", "content": system}] if system else []
     history = list(start)
-    print("chat: /reset clears the conversation, /exit (or Ctrl-D) ends it", flush=True)
+    print("chat: /reset clears the conversation, /adapter NAME switches adapters (base: none), "
+          "/exit (or Ctrl-D) ends it", flush=True)
     while True:
         print("> ", end="", flush=True)
         line = stdin.readline()
@@ -91,6 +102,14 @@ def chat(target: str, system: str | None, max_new_tokens: int, temperature: floa
             break
         text = line.strip()
         if not text:
+            continue
+        if text.split(maxsplit=1)[0] == "/adapter":
+            name = text.removeprefix("/adapter").strip()
+            try:
+                set_adapter(model, None if name == "base" else name)
+                print(f"(adapter: {name})", flush=True)
+            except AdapterError as exc:
+                print(f"({exc}; or base)", flush=True)
             continue
         if text == "/reset":
             history = list(start)

@@ -6,7 +6,7 @@ import sys
 from collections import Counter
 from itertools import groupby
 
-from tunelab.config import (CausalLMRun, ClassificationRun, MultiTaskRun, RunConfig,
+from tunelab.config import (CausalLMRun, ClassificationRun, MaskedLMRun, MultiTaskRun, RunConfig,
                             TokenClassificationRun)
 from tunelab.data import load_splits
 from tunelab.data.render import IGNORE, histogram
@@ -42,6 +42,10 @@ def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
         from tunelab.inspect_tags import inspect_tags
 
         return inspect_tags(cfg, n, colour)
+    if isinstance(cfg, MaskedLMRun):
+        from tunelab.inspect_masks import inspect_masks
+
+        return inspect_masks(cfg, n, colour)
     assert isinstance(cfg, CausalLMRun)
     records, held = split_records(cfg)
     tokenizer = load_tokenizer(resolve(cfg.model.name))

@@ -8,6 +8,7 @@ import torch
 
 from tunelab.config import RunConfig, TokenClassificationRun
 from tunelab.data.conll import Sentence, check_types, load_conll_splits, read_like_training
+from tunelab.commands import eval_items
 from tunelab.errors import CheckpointError, DataError
 from tunelab.tasks.token_classification import (Entity, TokenClassificationTask, entities,
                                                 split_words)
@@ -24,14 +25,9 @@ def evaluate(cfg: RunConfig, model, tokenizer, info: dict[str, Any], data: str |
     if not isinstance(cfg, TokenClassificationRun):
         raise CheckpointError(f"run.json says token_classification but config.yaml is a "
                               f"{cfg.task} config; was the run directory edited?")
+    sentences, name = eval_items(cfg, data, split, load_conll_splits, read_like_training)
     if data:
-        sentences, name = read_like_training(cfg.data, data), data
         check_types(sentences, info["labels"])
-    else:
-        splits = load_conll_splits(cfg.data)
-        if split == "test" and splits.test is None:
-            raise DataError("this run's data has no test file; pass --data PATH")
-        sentences, name = (splits.test if split == "test" else splits.dev), split
     task = task_for(tokenizer, info)
     encoded = task.encode(tokenizer, sentences)
     scores = task.evaluate(model, encoded, cfg.train.eval_batch_size, torch.device("cpu"))

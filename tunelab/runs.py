@@ -62,20 +62,41 @@ def task_runs(run_dir: Path, task: str | None) -> list[Path]:
     return [run_dir / "tasks" / task]
 
 
+def base_of(info: dict[str, Any]) -> Path:
+    """The run's base model directory. A run that started from another run (`chain`) has that
+    run's as_base/ as its base; if it was deleted, it is rebuilt from the run it came from."""
+    chain = info.get("chain")
+    if chain and not Path(info["base_model"]).is_dir():
+        return resolve(chain[-1]["run"])
+    return resolve(info["base_model"])
+
+
 def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, run info) of a finished run, in eval mode."""
+    model, tokenizer, info = load_run_base(run_dir)
+    if info["artifact"] != MODEL_DIR:
+        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
+    model.eval()  # the adapter's new layers too
+    return model, tokenizer, info
+
+
+def load_run_base(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, run info): the run's task model in eval mode, without its adapter
+    (a full fine-tuning run's own weights)."""
     info = read_run_info(run_dir)
-    base = resolve(info["base_model"])
+    base = base_of(info)
     tokenizer = load_tokenizer(base)
     full = run_dir / MODEL_DIR if info["artifact"] == MODEL_DIR else None
     if info.get("route", info["task"]) == "causal_lm":  # translation runs have a route
         model = load_causal_lm(base, weights_from=full)
+    elif info["task"] == "masked_lm":
+        from tunelab.models.mlm import load_masked_lm
+
+        model = load_masked_lm(base, weights_from=full)[0]
     elif info.get("route") == "seq2seq":
         model = load_seq2seq(base, weights_from=full)
     else:
         load = load_token_classifier if info["task"] == "token_classification" else load_classifier
         model = load(base, info["labels"], weights_from=full, pad_token_id=tokenizer.pad_token_id)
-    if full is None:
-        load_adapter(model, run_dir / ADAPTER_DIR, head_modules(model))
     model.eval()
     return model, tokenizer, info

@@ -46,10 +46,12 @@ def lookup(name: str) -> CatalogEntry | None:
     return CATALOG.get(name.strip().lower())
 
 
-def catalog_path(relative: str) -> Path:
+def catalog_path(relative: str, directory: bool = False) -> Path:
+    """A catalog file (or, with directory=True, folder) under the data directory."""
     root = data_dir()
     path = root / relative
-    if not path.is_file():
-        raise DataError(f"{path}: catalog file not found; set TUNELAB_DATA_DIR to the folder that "
-                        f"holds {relative.split('/')[0]}/ (now {root})")
+    if not (path.is_dir() if directory else path.is_file()):
+        raise DataError(f"{path}: catalog {'folder' if directory else 'file'} not found; set "
+                        f"TUNELAB_DATA_DIR to the folder that holds {relative.split('/')[0]}/ "
+                        f"(now {root})")
     return path

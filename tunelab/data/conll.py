@@ -3,7 +3,8 @@
 IOB1, IOB2 and BIOES files are accepted; tags are checked and converted to IOB2 as they
 are read, so the rest of tunelab sees one scheme. A malformed line, a tag outside the
 scheme or a broken entity is a DataError naming the file and line, never a skip.
-`-DOCSTART-` lines (document breaks) end a sentence and are not data.
+`-DOCSTART-` lines (document breaks) end a sentence and are not data; each sentence keeps
+the number of its document, so cross-validation can keep documents whole.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from tunelab.config import ConllDataConfig
 from tunelab.data.catalog import catalog_path
+from tunelab.data.splits import limit_sizes
 from tunelab.errors import DataError
 
 # catalog name -> (train, dev, test) under the data directory
@@ -30,6 +32,7 @@ class Sentence:
     tags: tuple[str, ...]  # IOB2
     path: str
     line: int  # the first word's line; word i is on line + i
+    doc: int = 0  # -DOCSTART- lines before it in its file: its document (cross-validation groups)
 
     @property
     def where(self) -> str:
@@ -111,7 +114,7 @@ def read_conll(path: Path, token_column: int, tag_column: int, scheme: str) -> l
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []
-    start, width, tag_col = 0, 0, tag_column
+    start, width, tag_col, doc = 0, 0, tag_column, 0
 
     def flush() -> None:
         if words:
@@ -119,7 +122,7 @@ def read_conll(path: Path, token_column: int, tag_column: int, scheme: str) -> l
                 iob2 = to_iob2(tags, scheme)
             except TagError as exc:
                 raise DataError(f"{path}:{start + exc.index}: {exc}") from None
-            sentences.append(Sentence(tuple(words), tuple(iob2), str(path), start))
+            sentences.append(Sentence(tuple(words), tuple(iob2), str(path), start, doc))
             words.clear()
             tags.clear()
 
@@ -129,6 +132,7 @@ def read_conll(path: Path, token_column: int, tag_column: int, scheme: str) -> l
                 fields = raw.split()
                 if not fields or fields[0] == DOCSTART:
                     flush()
+                    doc += bool(fields)  # a -DOCSTART- line opens the next document
                     continue
                 if not width:  # the first data line fixes the column count
                     width = len(fields)
@@ -229,18 +233,5 @@ def load_conll_splits(cfg: ConllDataConfig) -> TagSplits:
     tags = tag_set(types)
     for part in (dev, test or []):
         check_types(part, tags)
-    if cfg.max_train_examples and cfg.max_train_examples < len(train):
-        train = random.Random(cfg.split_seed).sample(train, cfg.max_train_examples)
-        notes.append(f"training on a seeded sample of {len(train)} sentences")
-    if cfg.max_eval_examples:
-        dev = _sample(dev, cfg.max_eval_examples, cfg.split_seed)
-        test = _sample(test, cfg.max_eval_examples, cfg.split_seed) if test else None
+    train, dev, test = limit_sizes(cfg, train, dev, test, notes, "sentences")
     return TagSplits(train, dev, test, tags, notes)
-
-
-def _sample(sentences: list[Sentence], n: int, seed: int) -> list[Sentence]:
-    """A seeded random subset kept in file order."""
-    if n >= len(sentences):
-        return sentences
-    keep = sorted(random.Random(seed).sample(range(len(sentences)), n))
-    return [sentences[i] for i in keep]

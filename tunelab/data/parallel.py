@@ -26,7 +26,7 @@ class Pair:
 
 def corpus_dir(name: str) -> Path:
     if name.strip().lower() in PARALLEL_CATALOG:
-        return catalog_path(PARALLEL_CATALOG[name.strip().lower()])
+        return catalog_path(PARALLEL_CATALOG[name.strip().lower()], directory=True)
     path = Path(name).expanduser()
     if not path.is_dir():
         raise DataError(f"{path}: not a directory of {{split}}.{{lang}} files (catalog names: "

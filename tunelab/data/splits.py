@@ -5,11 +5,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from tunelab.config import DataConfig
 from tunelab.data.catalog import catalog_path, lookup
 from tunelab.data.readers import Columns, Example, read_examples
 from tunelab.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,21 +90,39 @@ def load_splits(cfg: DataConfig) -> Splits:
         raise DataError(f"{train_path}: only one label ({labels[0]!r}) in the training data")
     for part in (dev, test or []):
         check_labels(part, labels)
-    if cfg.max_train_examples and cfg.max_train_examples < len(train):
-        train = random.Random(cfg.split_seed).sample(train, cfg.max_train_examples)
-        notes.append(f"training on a seeded sample of {len(train)} examples")
-    if cfg.max_eval_examples:
-        dev = _sample(dev, cfg.max_eval_examples, cfg.split_seed)
-        test = _sample(test, cfg.max_eval_examples, cfg.split_seed) if test else None
+    train, dev, test = limit_sizes(cfg, train, dev, test, notes, "examples")
     return Splits(train, dev, test, labels, notes)
 
 
-def _sample(examples: list[Example], n: int, seed: int) -> list[Example]:
+def hold_out(items: list, size: int, seed: int, what: str = "examples") -> tuple[list, list]:
+    """(the rest, `size` items held out): a seeded random choice, both parts in file order."""
+    if size >= len(items):
+        raise DataError(f"data.eval_size {size} leaves no training {what} out of {len(items)}; "
+                        "lower it or give data.eval_path")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in sorted(order[size:])], [items[i] for i in sorted(order[:size])]
+
+
+def limit_sizes(cfg, train: list[T], dev: list[T], test: list[T] | None, notes: list[str],
+                noun: str) -> tuple[list[T], list[T], list[T] | None]:
+    """Seeded subsets per cfg.max_train_examples / cfg.max_eval_examples (any data config that
+    has them, with split_seed)."""
+    if cfg.max_train_examples and cfg.max_train_examples < len(train):
+        train = random.Random(cfg.split_seed).sample(train, cfg.max_train_examples)
+        notes.append(f"training on a seeded sample of {len(train)} {noun}")
+    if cfg.max_eval_examples:
+        dev = _sample(dev, cfg.max_eval_examples, cfg.split_seed)
+        test = _sample(test, cfg.max_eval_examples, cfg.split_seed) if test else None
+    return train, dev, test
+
+
+def _sample(items: list[T], n: int, seed: int) -> list[T]:
     """A seeded random subset in file order (the head of a sorted file would be biased)."""
-    if n >= len(examples):
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
-    return [examples[i] for i in keep]
+    if n >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
 
 
 def check_labels(examples: list[Example], labels: list[str]) -> None:

@@ -40,7 +40,8 @@ def format_scores(scores: dict[str, Any]) -> str:
     names = {"f1": "entity F1", "precision": "entity P", "recall": "entity R",
              "token_accuracy": "token accuracy", "accuracy": "accuracy", "macro_f1": "macro-F1",
              "loss": "loss", "perplexity": "perplexity", "bleu": "BLEU", "chrf": "chrF",
-             "mean": "mean task metric"}
+             "mean": "mean task metric",
+             "masked_accuracy": "masked-token accuracy"}
     return "  ".join(f"{names[k]}: {scores[k]:.4f}" for k in names if k in scores)
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from tunelab.errors import AdapterError
 from tunelab.schema import StrictModel
+from tunelab.train.hooks import StepHook
 
 # Task heads a sequence-classification model may carry (transformers' attribute names).
 HEAD_NAMES = ("classifier", "score")
@@ -29,6 +30,8 @@ class ApplyReport:
     notes: list[str] = field(default_factory=list)
     # parameter name -> multiplier on train.lr, for methods that train parts at other rates (LoRA+)
     lr_scales: dict[str, float] = field(default_factory=dict)
+    # code the training loop runs every step for this method (AdaLoRA's rank allocator)
+    hook: StepHook | None = None
 
     def lines(self, max_names: int = 12) -> list[str]:
         shown = self.matched[:max_names]
@@ -57,6 +60,11 @@ class Method:
     def apply(cls, model: nn.Module, cfg: StrictModel, head: list[str]) -> ApplyReport:
         raise NotImplementedError
 
+    @classmethod
+    def check_run(cls, run: Any) -> None:
+        """Refuse run settings the method cannot work with (ValueError naming the key), checked
+        with the rest of the config before anything loads."""
+
 
 class AdapterLayer(nn.Module):
     """A layer a method put in place of one of the model's own (e.g. LoraLinear for nn.Linear)."""
@@ -78,6 +86,7 @@ class AdapterMethod(Method):
     saves_adapter = True
     peft_type: ClassVar[str]  # adapter_config.json's peft_type
     config_file: ClassVar[str] = "adapter_config.json"
+    head_prefix: ClassVar[str] = PEFT_PREFIX  # the saved head's key prefix (modules_to_save)
 
     @classmethod
     def reads(cls, config: dict[str, Any]) -> bool:
@@ -130,10 +139,21 @@ def required(config: dict[str, Any], key: str, source: str) -> Any:
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Names of the task head modules at the top of a transformers task model (or the heads a
-    multitask model lists: one per task)."""
+    """Names of the task head modules at the top of a transformers task model. A masked LM's
+    head is everything beside its encoder (BERT's `cls`, RoBERTa's `lm_head`). A multitask
+    model lists its heads, one per task."""
+    if type(model).__name__.endswith("ForMaskedLM"):
+        return [n for n, _ in model.named_children() if n != model.base_model_prefix]
     own = [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
     return own or list(getattr(model, "head_names", []))
+
+
+def owned_parameters(model: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
+    """(name inside the module, parameter) for the parameters module `name` owns. A weight tied
+    to another module (a masked LM's output layer sharing the input embeddings) is owned by the
+    module that registered it first, so an MLM head never trains or saves the embeddings."""
+    prefix = name + "."
+    return [(n[len(prefix):], p) for n, p in model.named_parameters() if n.startswith(prefix)]
 
 
 def freeze_all(model: nn.Module) -> None:
@@ -142,6 +162,16 @@ def freeze_all(model: nn.Module) -> None:
 
 
 def unfreeze(model: nn.Module, names: list[str]) -> None:
+    """Train the parameters the named modules own (the task head: a tied output layer stays
+    with the embeddings it shares)."""
+    for name in names:
+        for _, p in owned_parameters(model, name):
+            p.requires_grad_(True)
+
+
+def unfreeze_all_in(model: nn.Module, names: list[str]) -> None:
+    """Train every parameter inside the named modules, tied ones included (modules the user
+    chose by name: asking for a tied `lm_head` trains the embeddings it shares)."""
     for name in names:
         for p in model.get_submodule(name).parameters():
             p.requires_grad_(True)

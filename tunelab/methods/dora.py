@@ -48,6 +48,8 @@ class DoraLinear(LoraLinear):
     @torch.no_grad()
     def merged(self) -> nn.Module:
         layer = super().merged()
+        if self.running_base():
+            return layer
         scale = self.lora_magnitude_vector / self._row_norm()  # (out,)
         layer.weight.mul_(scale if self.fan_in_fan_out else scale.unsqueeze(1))
         return layer

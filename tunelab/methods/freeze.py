@@ -8,7 +8,8 @@ from pydantic import Field
 from torch import nn
 
 from tunelab.errors import MethodError
-from tunelab.methods.base import ApplyReport, Method, freeze_all, name_matches, report, unfreeze
+from tunelab.methods.base import (ApplyReport, Method, freeze_all, name_matches, report,
+                                  unfreeze, unfreeze_all_in)
 from tunelab.schema import StrictModel
 
 
@@ -53,5 +54,6 @@ class FreezeMethod(Method):
                 raise MethodError(f"method.train_modules: no module named '{target}'; top-level "
                                   f"modules: {', '.join(n for n in names if '.' not in n)}")
             chosen += hits
-        unfreeze(model, chosen + head)
+        unfreeze_all_in(model, chosen)
+        unfreeze(model, head)
         return report(cls.name, model, chosen, head)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from tunelab.errors import MethodError
@@ -32,6 +32,9 @@ class LoraConfig(StrictModel):
     init: Literal["default", "gaussian", "pissa"] = "default"
     # LoRA+ (Hayou et al., 2024): B trains at train.lr * this ratio (the paper suggests ~16)
     loraplus_lr_ratio: float | None = Field(None, ge=1.0)
+    # per-layer r, as peft's rank_pattern: {module name or suffix: r}; other layers get r
+    # (what `tunelab export --to lora` writes for an AdaLoRA run's final ranks)
+    rank_pattern: dict[str, Annotated[int, Field(ge=1, le=4096)]] = {}
 
     @field_validator("targets")
     @classmethod
@@ -47,9 +50,33 @@ class LoraConfig(StrictModel):
                 raise ValueError(f"not a valid regex ({exc})") from None
         return v
 
+    @model_validator(mode="after")
+    def _pattern_without_pissa(self) -> "LoraConfig":
+        if self.rank_pattern and self.init == "pissa":
+            raise ValueError("rank_pattern cannot be combined with init: pissa; drop one of them")
+        return self
+
+
+def pattern_rank(pattern: dict[str, int], name: str, default: int) -> int:
+    """peft's rule: the first key that matches the end of the module name (after a dot)."""
+    for key, r in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return r
+    return default
+
 
 def lora_scaling(alpha: float, r: int, rule: str) -> float:
     return alpha / math.sqrt(r) if rule == "rslora" else alpha / r
+
+
+class LoraSlot(nn.Module):
+    """One named adapter's A, B and dropout at a layer, kept aside while another is in use."""
+
+    def __init__(self, lora_A: nn.Linear, lora_B: nn.Linear, lora_dropout: nn.Module, r: int,
+                 alpha: float, scaling_rule: str):
+        super().__init__()
+        self.lora_A, self.lora_B, self.lora_dropout = lora_A, lora_B, lora_dropout
+        self.r, self.alpha, self.scaling_rule = r, alpha, scaling_rule
 
 
 class LoraLinear(AdapterLayer):
@@ -57,7 +84,15 @@ class LoraLinear(AdapterLayer):
 
     Owns the frozen base weight and bias (same Parameter objects as the layer it replaced),
     so the base keys keep their names in the model's state dict.
+
+    Several named adapters may share the layer (multi_adapter.py): the one in use sits in
+    lora_A / lora_B (so a single adapter keeps its PEFT names and its plain forward), the
+    others wait in `lora_stash` and are swapped in by `use_adapter`. A layer running as its
+    base (adapters disabled, or none of its adapters selected) has `forward` bound to
+    `base_forward` on the instance: no per-call check in either path.
     """
+
+    adapter_name: str = "default"  # the name of the adapter held in lora_A / lora_B
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, scaling: str):
         super().__init__()
@@ -85,16 +120,69 @@ class LoraLinear(AdapterLayer):
         """The base weight as (out, in), a view for Conv1D layers."""
         return self.weight.T if self.fan_in_fan_out else self.weight
 
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Exactly the replaced layer's forward (Conv1D's addmm for GPT-2 layers)."""
+        if self.fan_in_fan_out:  # (..., in) -> (..., out), as transformers' Conv1D computes it
+            out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+            return out.view(x.shape[:-1] + (self.out_features,))
+        return F.linear(x, self.weight, self.bias)
+
+    # ------------------------------------------------------------- several named adapters
+    def adapter_names(self) -> list[str]:
+        stash = self._modules.get("lora_stash")
+        return [self.adapter_name, *(stash.keys() if stash is not None else ())]
+
+    def stash_adapter(self, name: str, slot: LoraSlot) -> None:
+        if "lora_stash" not in self._modules:
+            self.lora_stash = nn.ModuleDict()
+        self.lora_stash[name] = slot
+
+    def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """(A (r, in), B (out, r), scaling) of a named adapter, or None if the layer lacks it."""
+        if name == self.adapter_name:
+            return self.lora_A.weight, self.lora_B.weight, self.scaling
+        stash = self._modules.get("lora_stash")
+        if stash is None or name not in stash:
+            return None
+        slot = stash[name]
+        return slot.lora_A.weight, slot.lora_B.weight, lora_scaling(slot.alpha, slot.r, slot.scaling_rule)
+
+    def use_adapter(self, name: str | None) -> None:
+        """Compute with adapter `name`; with None, or a name this layer lacks, as the base layer."""
+        if name is not None and name != self.adapter_name and name in self.adapter_names():
+            held = LoraSlot(self.lora_A, self.lora_B, self.lora_dropout, self.r, self.alpha,
+                            self.scaling_rule)
+            slot = self.lora_stash.pop(name)
+            self.lora_stash[self.adapter_name] = held
+            self.lora_A, self.lora_B, self.lora_dropout = slot.lora_A, slot.lora_B, slot.lora_dropout
+            self.r, self.alpha, self.scaling_rule = slot.r, slot.alpha, slot.scaling_rule
+            self.scaling = lora_scaling(slot.alpha, slot.r, slot.scaling_rule)
+            self.adapter_name = name
+        if name is not None and name == self.adapter_name:
+            self.__dict__.pop("forward", None)  # the class's forward again
+        else:
+            self.forward = self.base_forward  # type: ignore[method-assign]
+
     def finish_init(self) -> None:
         """Called after A and B are initialised; subclasses derive state from them (DoRA)."""
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, in)
 
+    def running_base(self) -> bool:
+        """Whether the layer computes as its base (adapters off, or its adapter not selected)."""
+        return "forward" in self.__dict__
+
     @torch.no_grad()
     def merged(self) -> nn.Module:
-        """The layer type it replaced (nn.Linear, or Conv1D) with the update folded in."""
-        merged = self.linear_weight() + self.delta_weight()  # (out, in)
+        """The layer type it replaced (nn.Linear, or Conv1D) with the update in use folded in."""
+        if self.running_base():
+            return self.rebuilt(self.linear_weight())
+        return self.rebuilt(self.linear_weight() + self.delta_weight())
+
+    @torch.no_grad()
+    def rebuilt(self, merged: torch.Tensor) -> nn.Module:
+        """The layer type it replaced (nn.Linear, or Conv1D) holding `merged` (out, in)."""
         if self.fan_in_fan_out:
             from transformers.pytorch_utils import Conv1D
 
@@ -159,8 +247,8 @@ INITS: dict[str, Callable[[LoraLinear], None]] = {
 
 
 # PEFT LoRA config keys we cannot honour yet, with the value that means "not used".
-_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
-                "exclude_modules": None, "lora_bias": False, "bias": "none"}
+_UNSUPPORTED = {"alpha_pattern": {}, "layers_to_transform": None, "exclude_modules": None,
+                "lora_bias": False, "bias": "none"}
 
 
 class LoraMethod(AdapterMethod):
@@ -175,8 +263,8 @@ class LoraMethod(AdapterMethod):
         chosen = tgt.select(model, cfg.targets, exclude=head)
         freeze_all(model)
         for name in chosen:
-            layer = cls.layer_cls(model.get_submodule(name), cfg.r, cfg.alpha, cfg.dropout,
-                                  cfg.scaling)
+            r = pattern_rank(cfg.rank_pattern, name, cfg.r)
+            layer = cls.layer_cls(model.get_submodule(name), r, cfg.alpha, cfg.dropout, cfg.scaling)
             INITS[cfg.init](layer)
             layer.finish_init()
             layer.weight.requires_grad_(False)
@@ -185,7 +273,9 @@ class LoraMethod(AdapterMethod):
             tgt.replace_module(model, name, layer)
         unfreeze(model, head)
         rule = "alpha/sqrt(r)" if cfg.scaling == "rslora" else "alpha/r"
-        note = f"r={cfg.r}, alpha={cfg.alpha:g}, scaling {rule}, init {cfg.init}, dropout {cfg.dropout:g}"
+        ranks = f" ({len(cfg.rank_pattern)} layers by rank_pattern)" if cfg.rank_pattern else ""
+        note = (f"r={cfg.r}{ranks}, alpha={cfg.alpha:g}, scaling {rule}, init {cfg.init}, "
+                f"dropout {cfg.dropout:g}")
         out = report(cls.name, model, chosen, head, [note])
         if cfg.loraplus_lr_ratio is not None:
             out.lr_scales = {f"{n}.lora_B.weight": cfg.loraplus_lr_ratio for n in chosen}
@@ -204,13 +294,9 @@ class LoraMethod(AdapterMethod):
         # PiSSA is written as a rank-2r delta against the original base (see adapter_tensors)
         r, alpha = (2 * cfg.r, cfg.alpha * (math.sqrt(2) if cfg.scaling == "rslora" else 2.0)) \
             if pissa else (cfg.r, cfg.alpha)
-        return {"r": r, "lora_alpha": alpha, "lora_dropout": cfg.dropout,
-                "target_modules": tgt.compact(list(layers), tgt.linear_names(model, head, (AdapterLayer,))),
-                "use_rslora": cfg.scaling == "rslora", "use_dora": cls.use_dora,
-                "init_lora_weights": True, "bias": "none",
-                "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
-                "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
-                "layers_pattern": None}
+        return peft_lora_config(model, head, layers, r, alpha, cfg.dropout, cfg.scaling == "rslora",
+                                cls.use_dora,
+                                dict(cfg.rank_pattern))
 
     @classmethod
     def adapter_tensors(cls, model: nn.Module, head: list[str]) -> dict[str, torch.Tensor]:
@@ -235,7 +321,20 @@ class LoraMethod(AdapterMethod):
                               alpha=required(config, "lora_alpha", source),
                               dropout=config.get("lora_dropout", 0.0),
                               targets=required(config, "target_modules", source),
-                              scaling="rslora" if config.get("use_rslora") else "standard")
+                              scaling="rslora" if config.get("use_rslora") else "standard",
+                              rank_pattern=config.get("rank_pattern") or {})
+
+
+def peft_lora_config(model: nn.Module, head: list[str], layers: dict[str, LoraLinear], r: int,
+                     alpha: float, dropout: float, rslora: bool, dora: bool,
+                     rank_pattern: dict[str, int] | None = None) -> dict[str, Any]:
+    """adapter_config.json's LoRA keys for an adapter on `layers` of `model`."""
+    return {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
+            "target_modules": tgt.compact(list(layers), tgt.linear_names(model, head, (AdapterLayer,))),
+            "use_rslora": rslora, "use_dora": dora, "init_lora_weights": True, "bias": "none",
+            "fan_in_fan_out": any(layer.fan_in_fan_out for layer in layers.values()),
+            "rank_pattern": rank_pattern or {}, "alpha_pattern": {}, "layers_to_transform": None,
+            "layers_pattern": None}
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:

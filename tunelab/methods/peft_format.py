@@ -22,16 +22,19 @@ from torch import nn
 from tunelab.atomic import atomic_write
 from tunelab.errors import AdapterError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import PEFT_PREFIX, AdapterMethod, ApplyReport, adapter_layers
+from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, adapter_layers,
+                                  owned_parameters)
 from tunelab.methods.lora import LoraLinear
 from tunelab.methods.registry import METHODS
+from tunelab.methods.virtual import VirtualTokens
 from tunelab.schema import StrictModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = PEFT_PREFIX
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM",
-              "token_classification": "TOKEN_CLS"}
+              "token_classification": "TOKEN_CLS",
+              "masked_lm": None}  # peft has no masked-LM task type: a plain PeftModel
 # PEFT config keys we cannot honour yet, with the value that means "not used".
 _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
                 "exclude_modules": None, "lora_bias": False,
@@ -51,10 +54,11 @@ def _method_of(cfg: StrictModel) -> type[AdapterMethod]:
 
 def adapter_tensors(model: nn.Module, cfg: StrictModel, head: list[str]) -> dict[str, torch.Tensor]:
     """Every tensor the adapter file holds: the method's, then the head's (as modules_to_save)."""
-    out = dict(_method_of(cfg).adapter_tensors(model, head))
+    method = _method_of(cfg)
+    out = dict(method.adapter_tensors(model, head))
     for h in head:
-        for pname, p in model.get_submodule(h).named_parameters():
-            out[f"{PREFIX}{h}.{pname}"] = p
+        for pname, p in owned_parameters(model, h):
+            out[f"{method.head_prefix}{h}.{pname}"] = p
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
@@ -63,16 +67,21 @@ def save_adapter(model: nn.Module, cfg: StrictModel, head: list[str], base_model
     """Write the adapter atomically (temp files, then rename) and return its directory."""
     method = _method_of(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(model, cfg, head)
     config: dict[str, Any] = {
         "peft_type": method.peft_type, "task_type": TASK_TYPES[task],
         "base_model_name_or_path": base_model, **method.adapter_config(model, cfg, head),
         "modules_to_save": head or None, "inference_mode": True, "revision": None,
     }
+    return write_adapter(out, config, tensors, method.config_file)
+
+
+def write_adapter(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  config_file: str = CONFIG_FILE) -> Path:
+    """Write an adapter's weights and settings atomically (temp files, then rename)."""
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    atomic_write(out / method.config_file,
-                 lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / config_file, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     return out
 
 
@@ -100,20 +109,30 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[A
 def load_adapter(model: nn.Module, adapter_dir: str | Path, head: list[str]) -> ApplyReport:
     """Inject the layers an adapter describes into `model`, then load its weights."""
     config, method, path = read_adapter_config(adapter_dir)
-    weights_path = Path(adapter_dir) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {path.name}")
+    weights_path = weights_file(adapter_dir, path)
+    cfg = method_config(config, method, path)
+    report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
+    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
+    _load_state(model, state, weights_path)
+    return report
+
+
+def weights_file(adapter_dir: str | Path, config_path: Path) -> Path:
+    path = Path(adapter_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {config_path.name}")
+    return path
+
+
+def method_config(config: dict[str, Any], method: type[AdapterMethod], path: Path) -> StrictModel:
+    """The tunelab method config an adapter config describes; bad values name the file and key."""
     try:
-        cfg = method.config_from_adapter(config, str(path))
+        return method.config_from_adapter(config, str(path))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"][:1].lower() + err["msg"][1:]
         raise AdapterError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
-    report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
-    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
-    _load_state(model, state, weights_path)
-    return report
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
@@ -145,6 +164,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) 
 
 def merge(model: nn.Module) -> int:
     """Replace every adapter layer by its merged base layer; returns how many were merged."""
+    if any(isinstance(m, VirtualTokens) for m in model.modules()):
+        raise AdapterError("prompt methods add virtual tokens, not weight changes, so there is "
+                           "nothing to merge into the base weights; load the run with its adapter")
     layers = adapter_layers(model)
     kept = sorted({type(m).__name__ for m in layers.values() if not m.mergeable})
     if kept:

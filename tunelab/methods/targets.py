@@ -45,13 +45,15 @@ def linear_names(model: nn.Module, exclude: list[str],
     return out
 
 
-def select(model: nn.Module, targets: list[str] | str, exclude: list[str]) -> list[str]:
+def select(model: nn.Module, targets: list[str] | str, exclude: list[str],
+           adapted: tuple[type[nn.Module], ...] = ()) -> list[str]:
     """Names of the Linear layers that `targets` picks; raises MethodError when none match.
 
     A list holds module names or dotted suffixes (PEFT semantics); a string other than
-    'all-linear' is a regex matched against the full module name.
+    'all-linear' is a regex matched against the full module name. Layers of an `adapted`
+    type count as the Linear they replaced (see linear_names).
     """
-    candidates = linear_names(model, exclude)
+    candidates = linear_names(model, exclude, adapted)
     if targets == ALL_LINEAR:  # as in PEFT: every Linear but the output (vocabulary) layer
         out_layer = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         chosen = [n for n in candidates if model.get_submodule(n) is not out_layer]

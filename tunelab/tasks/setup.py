@@ -5,19 +5,19 @@ Data are read before any weights load, so data errors surface in a second.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.config import (CausalLMRun, ClassificationRun, RunConfig, TokenClassificationRun,
-                            TranslationRun)
-from tunelab.data import load_splits
+from tunelab.config import (CausalLMRun, ClassificationRun, MaskedLMRun, RunConfig,
+                            TokenClassificationRun, TranslationDataConfig, TranslationRun)
+from tunelab.data import Splits, load_splits
 from tunelab.data.blocks import encode_blocks, held_out_blocks
-from tunelab.data.conll import load_conll_splits
+from tunelab.data.conll import TagSplits, load_conll_splits
 from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, read_parallel
 from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
+from tunelab.data.splits import hold_out
 from tunelab.errors import DataError
 from tunelab.models import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
                             load_token_classifier, load_tokenizer, resolve)
@@ -38,8 +38,9 @@ class Setup:
     info: dict[str, Any] = field(default_factory=dict)  # stored in run.json
 
 
-def classification(cfg: ClassificationRun, log: Callable[[str], None]) -> Setup:
-    splits = load_splits(cfg.data)
+def classification(cfg: ClassificationRun, log: Callable[[str], None],
+                   splits: Splits | None = None) -> Setup:
+    splits = load_splits(cfg.data) if splits is None else splits
     model_path = resolve(cfg.model.name)
     for note in splits.notes:
         log(note)
@@ -49,7 +50,14 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None]) -> Setup:
     model = load_classifier(model_path, splits.labels, cfg.model.dropout,
                             pad_token_id=tokenizer.pad_token_id)
     task = ClassificationTask(splits.labels, cfg.model.max_length, tokenizer.pad_token_id)
-    return Setup(model, tokenizer, task, task.encode(tokenizer, splits.train),
+    if cfg.data.augment is None:
+        train = task.encode(tokenizer, splits.train)
+    else:  # copies drawn per epoch, the originals always kept
+        from tunelab.augment.epochs import build
+
+        train = build(cfg.data.augment, splits.train, tokenizer, model,
+                      lambda examples: task.encode(tokenizer, examples), log)
+    return Setup(model, tokenizer, task, train,
                  task.encode(tokenizer, splits.dev), model_path,
                  {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None})
 
@@ -61,13 +69,7 @@ def split_records(cfg: CausalLMRun) -> tuple[list, list]:
     if d.eval_path:
         held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split)
     else:
-        if d.eval_size >= len(records):
-            raise DataError(f"data.eval_size {d.eval_size} leaves no training examples out of "
-                            f"{len(records)}; lower it or give data.eval_path")
-        order = list(range(len(records)))
-        random.Random(d.split_seed).shuffle(order)
-        held = [records[i] for i in sorted(order[: d.eval_size])]
-        records = [records[i] for i in sorted(order[d.eval_size:])]
+        records, held = hold_out(records, d.eval_size, d.split_seed)
     if d.max_examples:
         records = records[: d.max_examples]
     return records, held
@@ -125,30 +127,44 @@ def _blocks(cfg: CausalLMRun, tokenizer, log: Callable[[str], None]):
     return train, dev, {"block_stats": vars(stats)}
 
 
-def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
-                     ) -> tuple[Any, dict[str, list]]:
-    """The task (holding the test pairs it scores) and the pairs of every split."""
-    d = cfg.data
+def translation_pairs(d: TranslationDataConfig) -> tuple[dict[str, str], dict[str, list]]:
+    """The file split names and the (limited) pairs of train, dev and test."""
     root = corpus_dir(d.path)
     names = CATALOG_SPLITS.get(d.path.strip().lower(), {"train": "train", "dev": "dev",
                                                        "test": "test"})
     split = {"train": d.train_split or names["train"], "dev": d.dev_split or names["dev"],
              "test": d.test_split or names["test"]}
     limits = {"train": d.max_train_examples, "dev": d.max_dev_examples, "test": d.max_test_examples}
-    pairs = {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
-             for k in split}
-    langs = {"source_name": language_name(d.source_lang),
-             "target_name": language_name(d.target_lang)}
+    return split, {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
+                   for k in split}
+
+
+def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]
+                     ) -> tuple[Any, dict[str, list]]:
+    """The task (holding the test pairs it scores) and the pairs of every split."""
+    d = cfg.data
+    root = corpus_dir(d.path)
+    split, pairs = translation_pairs(d)
     log(f"data: {root} {d.source_lang}->{d.target_lang}: " + ", ".join(
         f"{len(pairs[k])} {k} ({split[k]})" for k in split) + " pairs")
+    return translator(cfg, tokenizer, seq2seq, pairs["test"]), pairs
+
+
+def translator(cfg: TranslationRun, tokenizer, seq2seq: bool, test: list, reverse: bool = False,
+               gen: Any = None) -> Any:
+    """The run's translation task (its prompt or prefix); `reverse` swaps the language names
+    (back-translation through the same model)."""
+    d = cfg.data
+    source, target = (d.target_lang, d.source_lang) if reverse else (d.source_lang, d.target_lang)
+    langs = {"source_name": language_name(source), "target_name": language_name(target)}
+    gen = gen or cfg.generation
     if seq2seq:
         return Seq2SeqTranslationTask(tokenizer, cfg.model.max_length,
-                                      lambda src: d.seq2seq_prefix.format(**langs) + src,
-                                      pairs["test"], cfg.generation), pairs
+                                      lambda src: d.seq2seq_prefix.format(**langs) + src, test, gen)
     renderer = Renderer(tokenizer, "assistant", cfg.model.max_length, "right", True)
     return DecoderTranslationTask(tokenizer, renderer,
-                                  lambda src: d.prompt.format(source=src, **langs),
-                                  pairs["test"], cfg.generation, cfg.train.loss_chunk_size), pairs
+                                  lambda src: d.prompt.format(source=src, **langs), test, gen,
+                                  cfg.train.loss_chunk_size)
 
 
 def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
@@ -171,9 +187,10 @@ def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
                  {"route": "seq2seq" if seq2seq else "causal_lm"})
 
 
-def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]) -> Setup:
+def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None],
+                         splits: TagSplits | None = None) -> Setup:
     d = cfg.data
-    splits = load_conll_splits(d)
+    splits = load_conll_splits(d) if splits is None else splits
     model_path = resolve(cfg.model.name)
     for note in splits.notes:
         log(note)
@@ -196,6 +213,13 @@ def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]
                   "label_all_subtokens": d.label_all_subtokens})
 
 
+def masked_lm(cfg: MaskedLMRun, log: Callable[[str], None]) -> Setup:
+    """Masked-LM continued pretraining of an encoder on unlabeled text."""
+    from tunelab.tasks.mlm_setup import masked_lm_setup
+
+    return Setup(*masked_lm_setup(cfg, log))
+
+
 def multitask(cfg: Any, log: Callable[[str], None]) -> Setup:
     from tunelab.tasks.multitask_setup import multitask as setup_multitask
 
@@ -205,8 +229,17 @@ def multitask(cfg: Any, log: Callable[[str], None]) -> Setup:
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
     "classification": classification, "causal_lm": causal_lm,
     "token_classification": token_classification, "translation": translation,
-    "multitask": multitask}
+    "masked_lm": masked_lm, "multitask": multitask}
 
 
-def setup(cfg: RunConfig, log: Callable[[str], None]) -> Setup:
-    return SETUPS[cfg.task](cfg, log)
+# tasks whose setup takes ready-made splits (cross-validation folds)
+TAKE_SPLITS = ("classification", "token_classification")
+
+
+def setup(cfg: RunConfig, log: Callable[[str], None], splits: Any = None) -> Setup:
+    if splits is None:
+        return SETUPS[cfg.task](cfg, log)
+    if cfg.task not in TAKE_SPLITS:
+        raise DataError(f"task {cfg.task}: given splits are supported for "
+                        f"{' and '.join(TAKE_SPLITS)} only")
+    return SETUPS[cfg.task](cfg, log, splits)

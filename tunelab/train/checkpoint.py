@@ -50,15 +50,17 @@ def save_weights(model: nn.Module, directory: Path) -> None:
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: dict[str, Any], keep: int,
-                    optimizer_by_name: dict[str, Any] | None = None) -> Path:
+                    optimizer_by_name: dict[str, Any] | None = None,
+                    hook_state: dict[str, Any] | None = None) -> Path:
     """`optimizer_by_name`: a full state keyed by parameter name (what FSDP runs store, and
-    any process can load); the optimizer's own state_dict otherwise."""
+    any process can load); the optimizer's own state_dict otherwise. `hook_state`: a method's
+    training-time state (AdaLoRA's importance averages and masks)."""
     path = root / f"step-{step:07d}"
     optim = {"optimizer_by_name": optimizer_by_name} if optimizer_by_name is not None \
         else {"optimizer": optimizer.state_dict()}
     with atomic_dir(path) as tmp:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
-        torch.save({**optim, "scheduler": scheduler.state_dict(),
+        torch.save({**optim, "scheduler": scheduler.state_dict(), "hook": hook_state or {},
                     "rng_torch": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    tmp / OPTIMIZER)
@@ -96,7 +98,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if extra["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(extra["rng_cuda"])
     random.setstate(_py_rng_from_json(state.pop("rng_python")))
-    return state
+    return {**state, "hook": extra.get("hook", {})}
 
 
 def _py_rng_to_json(state: tuple) -> list:

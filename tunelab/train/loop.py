@@ -24,6 +24,7 @@ from tunelab.train import checkpoint as ckpt
 from tunelab.train import fsdp
 from tunelab.train.distributed import Dist, wrap
 from tunelab.train.fast_dropout import use_fast_dropout
+from tunelab.train.hooks import StepHook
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.signals import Interrupted, stop_on_signals
 
@@ -57,8 +58,13 @@ class Trainer:
 
     def __init__(self, model: nn.Module, task: Any, train: Encoded, dev: Encoded, cfg: TrainConfig,
                  run_dir: Path, device: torch.device, log: Callable[[str], None] = print,
-                 dist: Dist = Dist(), lr_scales: dict[str, float] | None = None):
+                 dist: Dist = Dist(), lr_scales: dict[str, float] | None = None,
+                 on_eval: Callable[[dict[str, Any]], None] | None = None,
+                 hook: StepHook | None = None):
         self.model, self.task, self.train, self.dev = model, task, train, dev
+        # called with each dev record as it is logged; an exception it raises (a tuner's
+        # prune signal) ends the run there, uncheckpointed
+        self.on_eval = on_eval
         self.dist = dist
         if cfg.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
@@ -71,7 +77,7 @@ class Trainer:
         if cfg.compile:
             self.forward = torch.compile(self.forward, dynamic=True)
         self.cfg, self.run_dir, self.device, self.log = cfg, run_dir, device, log
-        self.lengths = train.lengths()
+        self._epochs: dict[int, tuple[Encoded, list[int]]] = {}
         self.batches_per_epoch = len(self._plan(0))
         steps_from_epochs = math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, steps_from_epochs)
@@ -88,11 +94,27 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.metric = cfg.metric or task.default_metric
         self.initial_eval: dict[str, Any] | None = None
+        self.hook = hook or StepHook()  # the method's per-step code (AdaLoRA), else nothing
+        if hook is not None and self.fsdp:
+            raise ConfigError(f"train.distributed: fsdp shards the parameters, and this method's "
+                              f"{type(hook).__name__} needs them whole every step; use ddp")
+        self.hook.start(self.total_steps)
+        self.hook_log: dict[str, float] = {}
 
     # ------------------------------------------------------------------ batches
+    def epoch_data(self, epoch: int) -> tuple[Encoded, list[int]]:
+        """(training data, lengths) of `epoch`: the same every epoch, unless the data are
+        drawn anew per epoch (augmentation on the fly: `for_epoch`, a function of the epoch)."""
+        if epoch not in self._epochs:
+            for_epoch = getattr(self.train, "for_epoch", None)
+            data = for_epoch(epoch) if for_epoch else self.train
+            self._epochs = {k: v for k, v in self._epochs.items() if k == epoch - 1}
+            self._epochs[epoch] = (data, data.lengths())
+        return self._epochs[epoch]
+
     def _plan(self, epoch: int) -> list[list[int]]:
         plan = getattr(self.task, "plan_batches", plan_batches)  # a multitask run plans its own
-        return plan(self.lengths, self.cfg.batch_size, self.cfg.seed, epoch,
+        return plan(self.epoch_data(epoch)[1], self.cfg.batch_size, self.cfg.seed, epoch,
                     self.cfg.bucket_by_length)
 
     def micro_batches(self, step: int) -> list[list[int]]:
@@ -114,6 +136,7 @@ class Trainer:
             return 0
         state = ckpt.load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
         self.state = LoopState(**state["loop"])
+        self.hook.load_state_dict(state.get("hook", {}))
         self.history = _truncate_metrics(self.run_dir / METRICS_FILE, state["step"],
                                          write=self.dist.main)
         self.dist.barrier()
@@ -131,7 +154,7 @@ class Trainer:
             if self.dist.main:
                 ckpt.save_checkpoint(self.ckpt_dir, step, self.model, self.optimizer,
                                      self.scheduler, {"loop": vars(self.state)},
-                                     self.cfg.keep_checkpoints, by_name)
+                                     self.cfg.keep_checkpoints, by_name, self.hook.state_dict())
         self.dist.barrier()
         return path
 
@@ -182,7 +205,8 @@ class Trainer:
                         record = {"step": step, "train_loss": run_loss / max(run_n, 1),
                                   "lr": self.scheduler.get_last_lr()[0],
                                   "tokens_per_s": run_tokens / max(run_time, 1e-9),
-                                  "epoch": step * cfg.grad_accum / self.batches_per_epoch}
+                                  "epoch": step * cfg.grad_accum / self.batches_per_epoch,
+                                  **self.hook_log}
                         self._write(metrics_file, record)
                         bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
                                         tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
@@ -216,19 +240,28 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; the loss is the mean per example
         over the whole step, however the examples are split."""
         parts = self.micro_batches(step)
-        n = max(1, sum(self.task.units(self.train, p) for p in parts))  # over all ranks
+        if hasattr(self.task, "set_step"):  # random batches (MLM masks) are drawn from the step
+            self.task.set_step(step)
+        # the data each micro-batch indexes: its epoch's (a step may straddle two epochs)
+        data = [self.epoch_data((step * self.cfg.grad_accum + k) // self.batches_per_epoch)
+                for k in range(len(parts))]
+        n = max(1, sum(self.task.units(d, p) for (d, _), p in zip(data, parts)))  # over all ranks
         # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
         scale = self.dist.world / n
         total, tokens = 0.0, 0
-        for index in parts:
-            tokens += sum(self.lengths[i] for i in index)
+        for (train, lengths), index in zip(data, parts):
+            tokens += sum(lengths[i] for i in index)
             local = self.dist.shard(index)
             weight = scale if local else 0.0  # a rank with no example still joins the all-reduce
             batch = {k: v.to(self.device, non_blocking=True)
-                     for k, v in self.task.collate(self.train, local or index[:1]).items()}
+                     for k, v in self.task.collate(train, local or index[:1]).items()}
             with self.autocast or nullcontext():
                 loss = self.forward(batch)
-            (loss * weight).backward()
+            scaled = loss * weight
+            extra = self.hook.extra_loss()  # a penalty on the weights: 1/parts of it per part
+            if extra is not None:
+                scaled = scaled + extra / len(parts)
+            scaled.backward()
             total += loss.item() if local else 0.0
         if self.dist.active:  # the logged loss covers every rank's examples
             t = torch.tensor([total])
@@ -238,6 +271,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        self.hook_log = self.hook.after_step(step)  # sees this step's gradients
         self.optimizer.zero_grad(set_to_none=True)
         return total, n, tokens
 
@@ -260,6 +294,8 @@ class Trainer:
                     ckpt.save_weights(self.model, self.run_dir / "best")
         else:
             self.state.bad_evals += 1
+        if self.on_eval is not None:
+            self.on_eval(record)
         return record
 
     def _early_stop(self) -> bool:

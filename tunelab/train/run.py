@@ -17,6 +17,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.report import plot_history, summary_lines
 from tunelab.methods.peft_format import save_adapter
+from tunelab.models.from_run import run_chain
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.tasks.setup import setup
 from tunelab.train import checkpoint as ckpt
@@ -79,14 +80,18 @@ def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print, *, splits: Any = None,
+          on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one validated config. `splits` replaces the data the config names (a
+    cross-validation fold: classification and token classification); `on_eval` sees every
+    dev evaluation and may raise to stop the run (a tuner pruning a trial)."""
     t_start = time.perf_counter()
     dist = distributed.init()
     if not dist.main:
         log = _quiet  # rank 0 reports for all
     device = pick_device(cfg.train.device, dist)
     seed_everything(cfg.train.seed)
-    s = setup(cfg, log)  # data first: errors before weights load
+    s = setup(cfg, log, splits)  # data first: errors before weights load
     report = methods.apply(s.model, cfg.method)
     for line in report.lines():
         log(line)
@@ -101,10 +106,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                                           "model_name": cfg.model.name,
                                           "method": cfg.method.name, "artifact": artifact,
                                           "max_length": cfg.model.max_length, "world_size": dist.world,
-                                          **s.info})
+                                          **run_chain(cfg.model.name), **s.info})
 
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
-                      lr_scales=report.lr_scales)
+                      lr_scales=report.lr_scales, on_eval=on_eval,
+                      hook=report.hook)
     start = trainer.resume() if resume else 0
     log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
         f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
@@ -146,7 +152,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                "artifact_kind": "adapter" if method_cls.saves_adapter else "model",
                "artifact": str(out), "metrics_file": str(run_dir / METRICS_FILE),
                "plot": str(plot) if plot else None, "checkpoints": str(run_dir / "checkpoints"),
-               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])}
+               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]),
+               **trainer.hook.finish(run_dir, log)}
     write_json(run_dir / "summary.json", summary)
     for line in summary_lines(summary):
         log(line)
