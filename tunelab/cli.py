@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
     e.add_argument("--split", choices=["dev", "test"], default="dev")
     _adapter_options(e)
+    e.add_argument("--task", help="multitask runs: the task to score (default: every task)")
 
     pr = sub.add_parser("predict", help="label and probability per text; the entities with "
                                         "their character spans for token classification")
@@ -44,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", nargs="*")
     pr.add_argument("--file", type=Path, help="one text per line")
     _adapter_options(pr)
+    pr.add_argument("--task", help="multitask runs: the task to serve")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -172,9 +174,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         train(load_config(args.config, args.overrides), resume=args.resume,
               overwrite=args.overwrite)
     elif args.command == "eval":
-        commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter)
+        commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter,
+                          args.task)
     elif args.command == "predict":
-        commands.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter)
+        commands.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter,
+                          args.task)
     elif args.command == "data" and args.data_command == "augment":
         from tunelab.augment.command import materialise
 

@@ -15,7 +15,7 @@ from tunelab.eval.metrics import confusion, format_confusion
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models import load_classifier, resolve
 from tunelab.named_adapters import load_run
-from tunelab.runs import load_trained
+from tunelab.runs import load_trained, task_runs
 from tunelab.tasks.classification import ClassificationTask
 
 
@@ -24,7 +24,11 @@ def show_config(cfg: RunConfig) -> str:
 
 
 def info(cfg: RunConfig) -> None:
-    if cfg.task == "token_classification":
+    if cfg.task == "multitask":  # the shared model with every task's head
+        from tunelab.tasks.setup import setup
+
+        model = setup(cfg, lambda _: None).model
+    elif cfg.task == "token_classification":
         from tunelab.data.conll import load_conll_splits
         from tunelab.models import load_token_classifier
 
@@ -46,7 +50,23 @@ def _task(tokenizer, info: dict) -> ClassificationTask:
 
 
 def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | None = None,
-             use: str | None = None) -> dict:
+             use: str | None = None, task: str | None = None) -> dict:
+    """Score a run; a multitask run's `task` (every task in turn when none is given)."""
+    runs = task_runs(run_dir, task)
+    if runs != [run_dir]:
+        if data and len(runs) > 1:
+            raise DataError("eval --data: a multitask run has several tasks; say which with "
+                            "--task NAME")
+        out = {}
+        for sub in runs:
+            print(f"== task {sub.name}")
+            out[sub.name] = evaluate(sub, data, split, adapters, use)
+        return out if len(runs) > 1 else out[runs[0].name]
+    return _evaluate_run(run_dir, data, split, adapters, use)
+
+
+def _evaluate_run(run_dir: Path, data: str | None, split: str, adapters: list[str] | None,
+                  use: str | None) -> dict:
     import torch
 
     model, tokenizer, info = load_run(run_dir, adapters, use)
@@ -131,9 +151,14 @@ def _evaluate_translation(model, tokenizer, cfg, info: dict, data: str | None) -
 
 
 def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[str] | None = None,
-            use: str | None = None) -> list:
+            use: str | None = None, task: str | None = None) -> list:
     import torch
 
+    runs = task_runs(run_dir, task)
+    if len(runs) > 1:
+        raise DataError(f"predict: {run_dir} holds the tasks {', '.join(r.name for r in runs)}; "
+                        "pick one with --task NAME")
+    run_dir = runs[0]
     if file is not None:
         if not file.is_file():
             raise DataError(f"{file}: file not found")

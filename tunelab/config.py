@@ -7,6 +7,7 @@ key at fault and, for unknown keys, the closest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -311,12 +312,87 @@ class MaskedLMRun(_RunBase):
         return self
 
 
-RunConfig = ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun | MaskedLMRun
-RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassificationRun,
-                             TranslationRun, MaskedLMRun], Field(discriminator="task")]
-_ADAPTER = TypeAdapter(RUN_CONFIG)
-TASKS = ("classification", "causal_lm", "token_classification", "translation", "masked_lm")
 SEARCH_KEY = "search"  # a top-level section of hyperparameter ranges for `tunelab tune`
+
+
+class ClassificationPart(StrictModel):
+    """One sequence-classification task of a multitask run."""
+
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+
+
+class TokenClassificationPart(StrictModel):
+    """One token-classification (NER) task of a multitask run."""
+
+    task: Literal["token_classification"] = "token_classification"
+    data: ConllDataConfig
+
+
+TaskPart = Annotated[Union[ClassificationPart, TokenClassificationPart],
+                     Field(discriminator="task")]
+
+
+class MultiTaskRun(_RunBase):
+    """One shared encoder (and adapter), one head per task; each batch comes from one task."""
+
+    task: Literal["multitask"] = "multitask"
+    tasks: dict[str, TaskPart]
+    # proportional: each task's batches in proportion to its examples (one pass per epoch);
+    # temperature: in proportion to examples ** (1 / temperature); round_robin: equal, in turn
+    sampling: Literal["proportional", "temperature", "round_robin"] = "proportional"
+    temperature: float = Field(2.0, gt=0.0)
+    # shared: one encoder and one adapter for all tasks; per_task: one frozen base, an adapter each
+    adapter: Literal["shared", "per_task"] = "shared"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_part_task(cls, data: Any) -> Any:
+        """A task without `task:` is a classification task."""
+        if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+            data = {**data, "tasks": {k: {"task": "classification", **v} if isinstance(v, dict)
+                                      and "task" not in v else v
+                                      for k, v in data["tasks"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _checks(self) -> "MultiTaskRun":
+        if len(self.tasks) < 2:
+            raise ValueError(f"tasks: a multitask run needs at least two tasks (got "
+                             f"{len(self.tasks)}); train a single task with task: classification "
+                             "or token_classification")
+        bad = [k for k in self.tasks if not re.fullmatch(r"[A-Za-z0-9_-]+", k)]
+        if bad:
+            raise ValueError(f"tasks.{bad[0]}: task names become directory names; use letters, "
+                             "digits, _ and - only")
+        if "temperature" in self.model_fields_set and self.sampling != "temperature":
+            raise ValueError(f"temperature: only sampling: temperature uses it (sampling is "
+                             f"{self.sampling}); remove it or set sampling: temperature")
+        pissa = getattr(self.method, "init", None) == "pissa"
+        if self.adapter == "per_task" and (pissa or not METHODS[self.method.name].saves_adapter):
+            what = f"{self.method.name} with init: pissa" if pissa else self.method.name
+            raise ValueError(f"adapter: per_task needs an adapter method that leaves the shared "
+                             f"base weights frozen; {what} changes them; use adapter: shared")
+        if self.train.metric is not None:
+            raise ValueError("train.metric: a multitask run selects by the mean of its tasks' "
+                             "metrics (accuracy; entity F1 for token classification); remove it")
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm and translation runs have a "
+                             "vocabulary-sized output layer to chunk; remove it")
+        if self.train.distributed == "fsdp" or self.train.gradient_checkpointing \
+                or self.train.compile:
+            raise ValueError("train.distributed: fsdp, train.gradient_checkpointing and "
+                             "train.compile are not supported for multitask runs yet; remove them")
+        return self
+
+
+RunConfig = (ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun
+             | MaskedLMRun | MultiTaskRun)
+RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassificationRun,
+                             TranslationRun, MaskedLMRun, MultiTaskRun], Field(discriminator="task")]
+_ADAPTER = TypeAdapter(RUN_CONFIG)
+TASKS = ("classification", "causal_lm", "token_classification", "translation", "masked_lm",
+         "multitask")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -437,6 +513,10 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[StrictModel]
     cls: Any = RUN_CONFIG
     parent: list[type[StrictModel]] = [ClassificationRun]
     for part in loc:
+        if typing.get_origin(cls) is dict:  # user-named entries (a multitask run's tasks)
+            out.append(part)
+            cls = typing.get_args(cls)[1]
+            continue
         options = _models_in(cls)
         if not options:  # a leaf value: the rest are pydantic's type markers
             break

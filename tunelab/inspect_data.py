@@ -6,7 +6,7 @@ import sys
 from collections import Counter
 from itertools import groupby
 
-from tunelab.config import (CausalLMRun, ClassificationRun, MaskedLMRun, RunConfig,
+from tunelab.config import (CausalLMRun, ClassificationRun, MaskedLMRun, MultiTaskRun, RunConfig,
                             TokenClassificationRun)
 from tunelab.data import load_splits
 from tunelab.data.render import IGNORE, histogram
@@ -29,6 +29,13 @@ def mark_trained(tokenizer, ids: list[int], labels: list[int], colour: bool) -> 
 
 def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
     colour = sys.stdout.isatty() if colour is None else colour
+    if isinstance(cfg, MultiTaskRun):  # each task as the single-task run it is set up as
+        from tunelab.tasks.multitask_setup import part_config
+
+        for name in cfg.tasks:
+            print(f"=== task {name}")
+            inspect(part_config(cfg, name, cfg.output_dir), n, colour)
+        return None
     if isinstance(cfg, ClassificationRun):
         return _classification(cfg)
     if isinstance(cfg, TokenClassificationRun):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,26 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{run_dir}: the run has no {info['artifact']}/ yet; did training "
                               "finish? (resume it with `tunelab train CONFIG --resume`)")
     return info
+
+
+def task_runs(run_dir: Path, task: str | None) -> list[Path]:
+    """The run directories `--task` picks: a multitask run's sub-run for that task (every
+    task's when none is given); a single-task run itself."""
+    info = read_run_info(run_dir)
+    if info["task"] != "multitask":
+        if task is not None:
+            raise CheckpointError(f"--task {task}: {run_dir} is a {info['task']} run with one "
+                                  "task; drop --task")
+        return [run_dir]
+    names = list(info["tasks"])
+    if task is None:
+        return [run_dir / "tasks" / n for n in names]
+    if task not in names:
+        guess = difflib.get_close_matches(task, names, n=1, cutoff=0.5)
+        hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+        raise CheckpointError(f"--task: {run_dir} has no task '{task}'{hint}; its tasks: "
+                              f"{', '.join(names)}")
+    return [run_dir / "tasks" / task]
 
 
 def base_of(info: dict[str, Any]) -> Path:

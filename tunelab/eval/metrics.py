@@ -48,4 +48,5 @@ def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
 
 # Metrics where larger is better; the loss is the exception.
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "f1": True, "token_accuracy": True,
+                    "mean": True,  # multitask: the mean of the tasks' metrics
                     "loss": False}

@@ -40,8 +40,16 @@ def format_scores(scores: dict[str, Any]) -> str:
     names = {"f1": "entity F1", "precision": "entity P", "recall": "entity R",
              "token_accuracy": "token accuracy", "accuracy": "accuracy", "macro_f1": "macro-F1",
              "loss": "loss", "perplexity": "perplexity", "bleu": "BLEU", "chrf": "chrF",
+             "mean": "mean task metric",
              "masked_accuracy": "masked-token accuracy"}
     return "  ".join(f"{names[k]}: {scores[k]:.4f}" for k in names if k in scores)
+
+
+def task_lines(scores: dict[str, Any] | None) -> list[str]:
+    """A multitask run's scores (`task/metric` keys), one indented line per task."""
+    tasks = dict.fromkeys(k.split("/", 1)[0] for k in scores or {} if "/" in k)
+    return [f"  {t}: " + format_scores({k.split("/", 1)[1]: v for k, v in scores.items()
+                                        if k.startswith(t + "/")}) for t in tasks]
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -54,9 +62,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"best dev {metric}: {best[metric]:.4f} at step {best['step']}")
     if summary.get("initial_dev"):
         lines.append(f"dev before training: {format_scores(summary['initial_dev'])}")
+        lines += task_lines(summary["initial_dev"])
     weights = "best" if summary["restored_best"] else "last"
     lines.append(f"dev after training:  {format_scores(summary['final_dev'])}  "
                  f"({summary['dev_examples']} examples, {weights} weights)")
+    lines += task_lines(summary["final_dev"])
     if summary.get("test") is not None:
         lines.append(f"test before training: {format_scores(summary['test_before'])}")
         lines.append(f"test after training:  {format_scores(summary['test'])}")

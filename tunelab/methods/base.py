@@ -140,10 +140,12 @@ def required(config: dict[str, Any], key: str, source: str) -> Any:
 
 def head_modules(model: nn.Module) -> list[str]:
     """Names of the task head modules at the top of a transformers task model. A masked LM's
-    head is everything beside its encoder (BERT's `cls`, RoBERTa's `lm_head`)."""
+    head is everything beside its encoder (BERT's `cls`, RoBERTa's `lm_head`). A multitask
+    model lists its heads, one per task."""
     if type(model).__name__.endswith("ForMaskedLM"):
         return [n for n, _ in model.named_children() if n != model.base_model_prefix]
-    return [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+    own = [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
+    return own or list(getattr(model, "head_names", []))
 
 
 def owned_parameters(model: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:

@@ -220,10 +220,16 @@ def masked_lm(cfg: MaskedLMRun, log: Callable[[str], None]) -> Setup:
     return Setup(*masked_lm_setup(cfg, log))
 
 
+def multitask(cfg: Any, log: Callable[[str], None]) -> Setup:
+    from tunelab.tasks.multitask_setup import multitask as setup_multitask
+
+    return setup_multitask(cfg, log)
+
+
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
     "classification": classification, "causal_lm": causal_lm,
     "token_classification": token_classification, "translation": translation,
-    "masked_lm": masked_lm}
+    "masked_lm": masked_lm, "multitask": multitask}
 
 
 # tasks whose setup takes ready-made splits (cross-validation folds)

@@ -113,8 +113,9 @@ class Trainer:
         return self._epochs[epoch]
 
     def _plan(self, epoch: int) -> list[list[int]]:
-        return plan_batches(self.epoch_data(epoch)[1], self.cfg.batch_size, self.cfg.seed, epoch,
-                            self.cfg.bucket_by_length)
+        plan = getattr(self.task, "plan_batches", plan_batches)  # a multitask run plans its own
+        return plan(self.epoch_data(epoch)[1], self.cfg.batch_size, self.cfg.seed, epoch,
+                    self.cfg.bucket_by_length)
 
     def micro_batches(self, step: int) -> list[list[int]]:
         """The index lists optimizer step `step` consumes: a pure function of the step."""

@@ -134,7 +134,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     whole = fsdp.model_state(s.model) if trainer.fsdp and not method_cls.saves_adapter else None
     with trainer.gathered():
         if dist.main:
-            out = _save_artifact(s, cfg, report, method_cls.saves_adapter, run_dir, whole)
+            out = _save_artifact(s, cfg, report, method_cls.saves_adapter, run_dir, whole,
+                                 final)
     if not dist.main:
         dist.barrier()  # wait for rank 0 to finish writing, then leave
         return {"rank": dist.rank, "final_dev": final}
@@ -161,7 +162,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
 
 def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: Path,
-                   state: dict[str, torch.Tensor] | None) -> Path:
+                   state: dict[str, torch.Tensor] | None, final: dict[str, Any]) -> Path:
+    if cfg.task == "multitask":  # one sub-run per task
+        from tunelab.tasks.multitask_setup import save_task_runs
+
+        return save_task_runs(s, cfg, adapter, run_dir, final)
     if adapter:
         return save_adapter(s.model, cfg.method, report.head, str(s.model_path),
                             run_dir / ADAPTER_DIR, task=s.info.get("route", cfg.task))
