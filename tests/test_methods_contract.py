@@ -53,6 +53,9 @@ ADAPTER_PARAMS = {"lora": ("lora_A.weight", "lora_B.weight"),
                               "adapter_up.bias")}
 ADAPTER_PARAMS["pfeiffer"] = ADAPTER_PARAMS["houlsby"]
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}" for n, o in VARIANTS]
+# methods that change weights; the prompt methods prepend virtual tokens instead, so no init
+# leaves the output unchanged and nothing merges (test_prompts.py checks merge refuses them)
+WEIGHT_VARIANTS = [(v, i) for v, i in zip(VARIANTS, IDS) if v[0] not in PROMPT_METHODS]
 
 
 def tiny_classifier(seed: int = 0) -> BertForSequenceClassification:
@@ -91,10 +94,9 @@ def test_every_method_is_covered():
     assert {n for n, _ in VARIANTS} == set(METHODS)
 
 
-@pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,opts", [v for v, _ in WEIGHT_VARIANTS],
+                         ids=[i for _, i in WEIGHT_VARIANTS])
 def test_zero_init_output_equals_base(name, opts):
-    if name in PROMPT_METHODS:
-        pytest.skip("prompt methods prepend virtual tokens: no init leaves the output unchanged")
     model = tiny_classifier()
     before = logits(model)
     methods.apply(model, method_cfg(name, opts))
@@ -103,11 +105,9 @@ def test_zero_init_output_equals_base(name, opts):
     assert (after - before).abs().max().item() <= tol
 
 
-@pytest.mark.parametrize("name,opts", VARIANTS, ids=IDS)
+@pytest.mark.parametrize("name,opts", [v for v, _ in WEIGHT_VARIANTS],
+                         ids=[i for _, i in WEIGHT_VARIANTS])
 def test_merged_equals_unmerged(name, opts):
-    if name in PROMPT_METHODS:
-        pytest.skip("prompt methods change no weight, so nothing merges (tests/test_prompts.py "
-                    "checks that merge refuses them)")
     model = tiny_classifier()
     methods.apply(model, method_cfg(name, opts))
     perturb(model)
@@ -242,3 +242,12 @@ def test_the_method_alone_fits_a_batch(name, opts):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < (0.5 if name in PROMPT_METHODS else 0.95) * losses[0], losses[::5]
+
+
+@pytest.mark.parametrize("name", sorted(PROMPT_METHODS))
+def test_prompt_methods_change_the_output_from_the_start(name):
+    """Virtual tokens are read from step 0: unlike zero-init adapters the output moves."""
+    model = tiny_classifier()
+    before = logits(model)
+    methods.apply(model, method_cfg(name, {}))
+    assert (logits(model.eval()) - before).abs().max().item() > 1e-4
