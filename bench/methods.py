@@ -76,10 +76,14 @@ def table(args, results: dict[str, dict]) -> str:
              f"training examples for every method, one epoch ({results[next(iter(results))]['steps']} "
              f"steps of {BATCH}), max length {MAX_LEN}, linear schedule, warmup 6%, seed 0, fp32; "
              "the last weights are scored on all 872 SST-2 dev examples (the majority class "
-             f"scores {majority:.4f}). Learning rates and settings are each method's starting "
-             "point from its paper or the peft docs, not tuned per method here. Seconds per "
-             "step: optimizer steps only. Artifact: what the run saves (adapter directory, or "
-             "the whole model for full and freeze).", "",
+             f"scores {majority:.4f}). Learning rates and settings: each method's starting point "
+             "from its paper or the peft docs, except LoHa, LoKr and BitFit, raised to 1e-2 "
+             "after 1e-3 underfit here (0.650, 0.542 and 0.718), and the prompt methods, at the "
+             "best of a short sweep on 3,000 examples (README); nothing else was tuned per "
+             "method. Seconds per step: optimizer steps only, one thread per process (set "
+             "OMP_NUM_THREADS to compare); on a machine shared with other jobs they are rough. "
+             "Artifact: what the run saves (adapter directory, or the whole model for full and "
+             "freeze).", "",
              "| method | settings | lr | dev accuracy | trainable params | % of model | s/step | "
              "peak RSS (MB) | artifact on disk (MB) |",
              "|---|---|---|---|---|---|---|---|---|"]
