@@ -44,3 +44,40 @@ def tiny_llama_dir(root: Path, pad_is_eos: bool = True) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(root)
     tok.save_pretrained(root)
     return root
+
+
+def tiny_gpt2():
+    """A 2-layer GPT-2 (its attention and MLP are transformers' Conv1D, weights stored
+    transposed), seeded so two calls give the same base."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2,
+                                      n_positions=32)).eval()
+
+
+def assert_conv1d_adapter_roundtrip(model, cfg, out: Path, scale: float = 0.05) -> None:
+    """`model` is tiny_gpt2() with cfg's method applied: move its trainable weights, save the
+    adapter (fan_in_fan_out must be set), and check peft's load and tunelab's merge both give
+    the same logits."""
+    import json
+
+    from peft import PeftModel
+
+    from tunelab.methods.peft_format import merge, save_adapter
+
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    x = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        want = model(x).logits
+    save_adapter(model, cfg, [], "gpt2", out, task="causal_lm")
+    assert json.loads((out / "adapter_config.json").read_text())["fan_in_fan_out"]
+    with torch.no_grad():
+        theirs = PeftModel.from_pretrained(tiny_gpt2(), out).eval()(x).logits
+        merge(model)
+        merged = model(x).logits
+    assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)

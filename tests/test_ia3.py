@@ -12,7 +12,7 @@ from tunelab import methods
 from tunelab.config import validate
 from tunelab.errors import ConfigError, MethodError
 from tunelab.methods.ia3 import DEFAULT_FEEDFORWARD, DEFAULT_TARGETS, ia3_layers
-from tunelab.methods.peft_format import merge, save_adapter
+from tunelab.methods.peft_format import save_adapter
 
 
 def test_default_tables_agree_with_peft():
@@ -79,33 +79,13 @@ def test_written_names_are_short_when_they_pick_the_same_layers(tmp_path):
 
 
 def test_ia3_on_gpt2_conv1d_merges_and_loads_in_peft(tmp_path):
-    from peft import PeftModel
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from sft_fixtures import assert_conv1d_adapter_roundtrip, tiny_gpt2
 
-    def base():
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2,
-                                          n_positions=32)).eval()
-
-    model = base()
+    model = tiny_gpt2()
     cfg = method_cfg("ia3", {})  # peft's GPT-2 defaults: c_attn, mlp.c_proj (feed-forward)
     methods.apply(model, cfg)
     assert len(ia3_layers(model)) == 4
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.1)
-    x = torch.randint(0, 50, (2, 9))
-    with torch.no_grad():
-        want = model(x).logits
-    save_adapter(model, cfg, [], "gpt2", tmp_path / "ad", task="causal_lm")
-    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["fan_in_fan_out"]
-    with torch.no_grad():
-        theirs = PeftModel.from_pretrained(base(), tmp_path / "ad").eval()(x).logits
-        merge(model)
-        merged = model(x).logits
-    assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)
-
+    assert_conv1d_adapter_roundtrip(model, cfg, tmp_path / "ad", scale=0.1)
 
 
 def test_a_feedforward_name_that_matches_no_target_is_an_error():

@@ -115,36 +115,14 @@ def test_gpt2_style_model_continued_pretraining_on_text(tmp_path):
 
 
 def test_lora_on_gpt2_conv1d_merges_and_loads_in_peft(tmp_path):
-    import torch
-    from peft import PeftModel
-    from transformers import GPT2Config, GPT2LMHeadModel
-
+    from sft_fixtures import assert_conv1d_adapter_roundtrip, tiny_gpt2
     from tunelab import methods
-    from tunelab.methods.peft_format import merge, save_adapter
 
-    def base():
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2,
-                                          n_positions=32)).eval()
-
-    model = base()
+    model = tiny_gpt2()
     cfg = validate({"data": {"train": "x"}, "method": {"name": "lora", "r": 4,
                                                        "targets": ["c_attn", "c_proj"]}}).method
     methods.apply(model, cfg)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn_like(p) * 0.05)
-    x = torch.randint(0, 50, (2, 9))
-    with torch.no_grad():
-        want = model(x).logits
-    save_adapter(model, cfg, [], "gpt2", tmp_path / "ad", task="causal_lm")
-    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["fan_in_fan_out"]
-    with torch.no_grad():
-        theirs = PeftModel.from_pretrained(base(), tmp_path / "ad").eval()(x).logits
-        merge(model)
-        merged = model(x).logits
-    assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)
+    assert_conv1d_adapter_roundtrip(model, cfg, tmp_path / "ad")
 
 
 def test_eval_and_merge_of_a_causal_lm_run(sft_setup, tmp_path, capsys):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from test_methods_contract import logits, method_cfg, perturb, tiny_classifier
 from tunelab import methods
-from tunelab.methods.peft_format import load_adapter, merge, save_adapter
+from tunelab.methods.peft_format import load_adapter, save_adapter
 from tunelab.methods.vera import vera_layers
 
 
@@ -71,25 +71,9 @@ def test_projections_follow_the_model_to_another_dtype():
 
 
 def test_vera_on_gpt2_conv1d_merges_and_loads_in_peft(tmp_path):
-    from peft import PeftModel
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from sft_fixtures import assert_conv1d_adapter_roundtrip, tiny_gpt2
 
-    def base():
-        torch.manual_seed(0)
-        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2,
-                                          n_positions=32)).eval()
-
-    model = base()
+    model = tiny_gpt2()
     cfg = method_cfg("vera", {"r": 4, "targets": ["c_attn", "c_proj"]})
     methods.apply(model, cfg)
-    perturb(model)
-    x = torch.randint(0, 50, (2, 9))
-    with torch.no_grad():
-        want = model(x).logits
-    save_adapter(model, cfg, [], "gpt2", tmp_path / "ad", task="causal_lm")
-    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["fan_in_fan_out"]
-    with torch.no_grad():
-        theirs = PeftModel.from_pretrained(base(), tmp_path / "ad").eval()(x).logits
-        merge(model)
-        merged = model(x).logits
-    assert torch.allclose(theirs, want, atol=1e-5) and torch.allclose(merged, want, atol=1e-5)
+    assert_conv1d_adapter_roundtrip(model, cfg, tmp_path / "ad")
