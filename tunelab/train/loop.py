@@ -249,7 +249,7 @@ class Trainer:
         # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
         scale = self.dist.world / n
         total, tokens = 0.0, 0
-        for (train, lengths), index in zip(data, parts):
+        for k, ((train, lengths), index) in enumerate(zip(data, parts)):
             tokens += sum(lengths[i] for i in index)
             local = self.dist.shard(index)
             weight = scale if local else 0.0  # a rank with no example still joins the all-reduce
@@ -258,9 +258,9 @@ class Trainer:
             with self.autocast or nullcontext():
                 loss = self.forward(batch)
             scaled = loss * weight
-            extra = self.hook.extra_loss()  # a penalty on the weights: 1/parts of it per part
-            if extra is not None:
-                scaled = scaled + extra / len(parts)
+            extra = self.hook.extra_loss() if k == 0 else None  # a penalty on the weights:
+            if extra is not None:  # computed and back-propagated once per step
+                scaled = scaled + extra
             scaled.backward()
             total += loss.item() if local else 0.0
         if self.dist.active:  # the logged loss covers every rank's examples
