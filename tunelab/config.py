@@ -49,6 +49,7 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    per_class: int | None = Field(None, ge=1)  # few-shot: a seeded k training examples per label
     augment: AugmentConfig | None = None  # training examples only; see tunelab/augment/
 
 
