@@ -1,8 +1,12 @@
 """Reptile and first-order MAML over the trainable parameters an adapter method leaves.
 
-The task head is not meta-learned: episodes relabel classes at random, so a learned head
-would only encode noise. It starts every episode at zero (every class equally likely) and is
-saved as zero, which is also how a later run that starts from this adapter begins.
+Only the adapter is meta-learned; the task head is not. Episodes give their classes a random
+order, so the class index carries no meaning across episodes and the best head start for
+every order at once is a symmetric one, which softmax cannot tell from zero. The head starts
+every episode at zero (every class equally likely; the first inner step trains only it, the
+next ones the adapter through it) and is saved as zero, which is how a later run that starts
+from this adapter begins. What carries over is the adapter: features in which the classes of
+a new task separate after a few steps.
 """
 
 from __future__ import annotations

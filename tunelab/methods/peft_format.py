@@ -141,9 +141,7 @@ def init_from_adapter(model: nn.Module, adapter_dir: str | Path, method_name: st
     if method.name != method_name:
         raise AdapterError(f"model.init_adapter: {path} holds a {method.name} adapter but "
                            f"method.name is {method_name}; use the adapter's method and settings")
-    weights_path = Path(adapter_dir) / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise AdapterError(f"{adapter_dir}: no {WEIGHTS_FILE} next to {path.name}")
+    weights_path = weights_file(adapter_dir, path)
     state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
     _load_state(model, state, weights_path)
 
