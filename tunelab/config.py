@@ -523,7 +523,8 @@ def _walk(loc: tuple[Any, ...], root: Any = None
             out.append(part)
             cls = typing.get_args(cls)[1]
             continue
-        if typing.get_origin(cls) is list and isinstance(part, int):  # an item of a list
+        if (typing.get_origin(cls) is list and isinstance(part, int)
+                and _models_in(typing.get_args(cls)[0])):  # an item of a list of sections
             out.append(part)
             cls = typing.get_args(cls)[0]
             continue
