@@ -3,15 +3,15 @@
 MiniLM + LoRA (r8, every Linear). `tunelab meta` learns an adapter initialisation by Reptile
 (or first-order MAML) over 2-way episodes drawn from source classification sets that do not
 include SST-2: AG News (4 topics, so 6 topic pairings, each in either label order) and the
-Chinese food-delivery reviews of waimai_10k (sentiment, either label order). It runs once
-(meta seed 0). Then, for each seed, two ordinary `tunelab train` runs on the same seeded
+Chinese food-delivery reviews of waimai_10k (sentiment, either label order; `--no-waimai`
+leaves them out). It runs once (meta seed 0). Then, for each seed, two ordinary `tunelab train` runs on the same seeded
 16-examples-per-class sample of SST-2 train (`data.per_class: 16`): one with
 `model.init_adapter` set to the meta-learned adapter, one from a fresh LoRA. Both train the
 same optimizer steps with the same batch, learning rate and schedule and are scored once, at
 the end, on the full SST-2 dev set (872 sentences): no checkpoint selection, no sweep on dev.
 
     python bench/meta_fewshot.py [--seeds 0 1 2] [--episodes 100] [--inner-steps 8]
-                                 [--steps 50] [--algorithm reptile]
+                                 [--steps 50] [--algorithm reptile] [--no-waimai]
 
 Writes its section of BENCHMARKS.md.
 """
@@ -30,7 +30,7 @@ from common import device_name, machine, update_benchmarks  # noqa: E402
 
 PER_CLASS, BATCH, LR, MAX_LEN = 16, 16, 1e-3, 64
 LORA = ["method.name=lora", "method.r=8", "method.alpha=16", "method.targets=all-linear"]
-SOURCES = ("[{train: ag_news}, {train: %s, format: csv, columns: {text: review, label: label}}]")
+WAIMAI = "{train: %s, format: csv, columns: {text: review, label: label}}"
 
 
 def meta_train(args, out: Path) -> dict:
@@ -38,10 +38,12 @@ def meta_train(args, out: Path) -> dict:
     from tunelab.meta.config import load_meta_config
     from tunelab.meta.run import meta
 
-    waimai = data_dir() / "waimai_10k" / "waimai_10k.csv"
+    sources = ["{train: ag_news}"]
+    if args.waimai:
+        sources.append(WAIMAI % (data_dir() / "waimai_10k" / "waimai_10k.csv"))
     cfg = load_meta_config(None, [
         "model.name=minilm", f"model.max_length={MAX_LEN}", *LORA,
-        f"meta.sources={SOURCES % waimai}", f"meta.algorithm={args.algorithm}", "meta.n_way=2",
+        f"meta.sources=[{', '.join(sources)}]", f"meta.algorithm={args.algorithm}", "meta.n_way=2",
         f"meta.k_shot={args.k_shot}", "meta.query_shot=8", f"meta.episodes={args.episodes}",
         f"meta.inner_steps={args.inner_steps}", f"meta.inner_lr={LR}", "meta.log_every=10",
         "meta.seed=0", f"output_dir={out / 'meta'}"])
@@ -70,6 +72,8 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--inner-steps", type=int, default=8)
     p.add_argument("--k-shot", type=int, default=8)
+    p.add_argument("--no-waimai", dest="waimai", action="store_false",
+                   help="meta-train on AG News alone")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", type=Path, default=Path("runs/bench-meta"))
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -99,16 +103,18 @@ def main() -> None:
         return
     cmd = (f"python bench/meta_fewshot.py --seeds {' '.join(map(str, args.seeds))} --algorithm "
            f"{args.algorithm} --episodes {args.episodes} --inner-steps {args.inner_steps} "
-           f"--k-shot {args.k_shot} --steps {args.steps}")
+           f"--k-shot {args.k_shot} --steps {args.steps}" + ("" if args.waimai else " --no-waimai"))
+    sources = ("AG News (train_subset.tsv, topic pairs) and waimai_10k (Chinese review sentiment)"
+               if args.waimai else "AG News alone (train_subset.tsv, topic pairs)")
     update_benchmarks(
-        f"## Few-shot SST-2 from a meta-learned adapter initialisation ({device_name()})\n\n"
+        f"## Few-shot SST-2 from a meta-learned adapter initialisation"
+        f"{'' if args.waimai else ', AG News sources only'} ({device_name()})\n\n"
         f"`{cmd}` ({date.today()}, {minutes:.1f} min; {machine()}).\n\n"
         f"MiniLM + LoRA r8 on every Linear, max length {MAX_LEN}. Meta-training (`tunelab meta`, "
         f"once, seed 0, {summary['seconds'] / 60:.1f} min): {args.algorithm}, {args.episodes} "
-        f"2-way episodes of {args.k_shot} support + 8 query examples per class from AG News "
-        "(train_subset.tsv, topic pairs) and waimai_10k (Chinese review sentiment), classes in a "
-        f"random order per episode, {args.inner_steps} inner AdamW steps at lr {LR}, the head "
-        "reset to zero every episode; SST-2 is held out. Post-adaptation query loss: "
+        f"2-way episodes of {args.k_shot} support + 8 query examples per class from {sources}, "
+        f"classes in a random order per episode, {args.inner_steps} inner AdamW steps at lr {LR}, "
+        "the head reset to zero every episode; SST-2 is held out. Post-adaptation query loss: "
         f"{summary['query_loss_first']:.4f} (first {summary['window']} episodes) -> "
         f"{summary['query_loss_last']:.4f} (last {summary['window']}). Few-shot runs: a seeded "
         f"{PER_CLASS} examples per class of SST-2 train (`data.per_class`, one sample per seed, "
