@@ -193,9 +193,9 @@ def test_meta_learned_start_adapts_faster_on_held_out_pairings(algorithm, seed, 
                                b: tok(sentences(b, 40, rng))["input_ids"]})
                for a, b in [(names[0], names[5]), (names[1], names[6]), (names[2], names[7]),
                             (names[3], names[4])]]
-    episodes = [sample_episode([t], 2, 16, 16, seed=3, episode=i) for t in targets for i in range(2)]
-    meta_curve = adaptation_curve(model, head, episodes, 20, INNER_LR, tok.pad_token_id)
-    fresh_curve = adaptation_curve(fresh, head, episodes, 20, INNER_LR, tok.pad_token_id)
+    held_out = [sample_episode([t], 2, 16, 16, seed=3, episode=i) for t in targets for i in range(2)]
+    meta_curve = adaptation_curve(model, head, held_out, 20, INNER_LR, tok.pad_token_id)
+    fresh_curve = adaptation_curve(fresh, head, held_out, 20, INNER_LR, tok.pad_token_id)
     print(f"{algorithm} seed {seed}: steps to 60%: {steps_to(meta_curve, 0.6)} (meta) "
           f"{steps_to(fresh_curve, 0.6)} (fresh)")
     for name, curve in (("meta", meta_curve), ("fresh", fresh_curve)):
