@@ -81,6 +81,24 @@ def test_stratified_split_is_seeded_and_keeps_label_shares(tmp_path: Path):
                          + [e for e in one.train if e.label == "b"][:1], 0.5, 0)
 
 
+def test_per_class_takes_a_seeded_k_of_every_label(tmp_path: Path):
+    lines = ["text\tlabel"] + [f"t{i}\t{'a' if i % 4 else 'b'}" for i in range(200)]
+    path = write(tmp_path / "s.tsv", "\n".join(lines) + "\n")
+    dev = write(tmp_path / "d.tsv", "text\tlabel\nx\ta\ny\tb\n")
+    one = load_splits(DataConfig(train=str(path), dev=str(dev), per_class=16, split_seed=1))
+    assert Counter(e.label for e in one.train) == {"a": 16, "b": 16}
+    assert [int(e.text[1:]) for e in one.train] == sorted(int(e.text[1:]) for e in one.train)
+    assert one.notes[-1] == "few-shot: a seeded 16 training examples per label (32 in all)"
+    again = load_splits(DataConfig(train=str(path), dev=str(dev), per_class=16, split_seed=1))
+    other = load_splits(DataConfig(train=str(path), dev=str(dev), per_class=16, split_seed=2))
+    assert [e.text for e in again.train] == [e.text for e in one.train]
+    assert [e.text for e in other.train] != [e.text for e in one.train]
+    with pytest.raises(DataError) as exc:
+        load_splits(DataConfig(train=str(path), dev=str(dev), per_class=60))
+    assert str(exc.value) == ("data.per_class 60: the training data has fewer examples of 'b' "
+                              "(50); lower data.per_class")
+
+
 def test_catalog_name_resolves_in_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "sst2").mkdir()
     write(tmp_path / "sst2" / "train.tsv", "sentence\tlabel\ngood \t1\nbad \t0\nok \t1\nmeh \t0\n")

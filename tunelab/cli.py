@@ -21,6 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
 
+    me = sub.add_parser("meta", help="meta-learn an adapter initialisation for few-shot runs "
+                        "(Reptile or first-order MAML over source tasks)")
+    me.add_argument("config")
+    me.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. meta.episodes=100")
+    me.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
+
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the effective config")
@@ -173,6 +179,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         train(load_config(args.config, args.overrides), resume=args.resume,
               overwrite=args.overwrite)
+    elif args.command == "meta":
+        from tunelab.meta.config import load_meta_config
+        from tunelab.meta.run import meta
+
+        meta(load_meta_config(args.config, args.overrides), overwrite=args.overwrite)
     elif args.command == "eval":
         commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter,
                           args.task)

@@ -26,6 +26,8 @@ class ModelConfig(StrictModel):
     name: str = "minilm"
     max_length: int = Field(128, ge=8, le=8192)
     dropout: float | None = Field(None, ge=0.0, lt=1.0)  # overrides the base model's dropout rates
+    # start the method's weights (and head) from a saved adapter, e.g. `tunelab meta`'s output
+    init_adapter: str | None = None
 
 
 class ColumnMap(StrictModel):
@@ -47,6 +49,7 @@ class DataConfig(StrictModel):
     split_seed: int = 0
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    per_class: int | None = Field(None, ge=1)  # few-shot: a seeded k training examples per label
     augment: AugmentConfig | None = None  # training examples only; see tunelab/augment/
 
 
@@ -472,15 +475,17 @@ def dump_config(cfg: RunConfig) -> str:
 # ----------------------------------------------------------------------------- messages
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], root: Any = None) -> str:
+    """One line for one pydantic error, the key as the user wrote it; `root`: the config class
+    validated (default: the run config union)."""
     raw_loc = tuple(err["loc"])
-    loc = _walk(raw_loc)[0]
+    loc = _walk(raw_loc, root)[0]
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if not loc and kind == "value_error":  # a cross-field check: its message names the keys
         return err["msg"].removeprefix("Value error, ")
     if kind == "extra_forbidden":
-        known = _fields_at(raw_loc)
+        known = _fields_at(raw_loc, root)
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.5)
         hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), guess[0]])}'?)" if guess else ""
         return f"unknown key '{dotted}'{hint}; valid keys here: {', '.join(known)}"
@@ -503,19 +508,25 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{dotted}: {msg.removeprefix('value error, ')}{shown}"
 
 
-def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[StrictModel]]]:
+def _walk(loc: tuple[Any, ...], root: Any = None
+          ) -> tuple[tuple[Any, ...], list[type[StrictModel]]]:
     """Follow a pydantic error location through the config classes.
 
     Returns the location as the user wrote it (union tags and type markers dropped) and the
     config classes that could hold the last key (one, once a method tag picked its class).
     """
     out: list[Any] = []
-    cls: Any = RUN_CONFIG
-    parent: list[type[StrictModel]] = [ClassificationRun]
+    cls: Any = root or RUN_CONFIG
+    parent: list[type[StrictModel]] = [root or ClassificationRun]
     for part in loc:
         if typing.get_origin(cls) is dict:  # user-named entries (a multitask run's tasks)
             out.append(part)
             cls = typing.get_args(cls)[1]
+            continue
+        if (typing.get_origin(cls) is list and isinstance(part, int)
+                and _models_in(typing.get_args(cls)[0])):  # an item of a list of sections
+            out.append(part)
+            cls = typing.get_args(cls)[0]
             continue
         options = _models_in(cls)
         if not options:  # a leaf value: the rest are pydantic's type markers
@@ -532,9 +543,9 @@ def _walk(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type[StrictModel]
     return tuple(out), parent
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+def _fields_at(loc: tuple[Any, ...], root: Any = None) -> list[str]:
     """Valid keys beside the last element of a (raw) error location."""
-    models = _walk(loc)[1]
+    models = _walk(loc, root)[1]
     return sorted({k for m in models for k in m.model_fields}) if len(models) > 1 else \
         list(models[0].model_fields)
 

@@ -91,6 +91,10 @@ def load_splits(cfg: DataConfig) -> Splits:
     for part in (dev, test or []):
         check_labels(part, labels)
     train, dev, test = limit_sizes(cfg, train, dev, test, notes, "examples")
+    if cfg.per_class:
+        train = per_class(train, labels, cfg.per_class, cfg.split_seed)
+        notes.append(f"few-shot: a seeded {cfg.per_class} training examples per label "
+                     f"({len(train)} in all)")
     return Splits(train, dev, test, labels, notes)
 
 
@@ -115,6 +119,22 @@ def limit_sizes(cfg, train: list[T], dev: list[T], test: list[T] | None, notes: 
         dev = _sample(dev, cfg.max_eval_examples, cfg.split_seed)
         test = _sample(test, cfg.max_eval_examples, cfg.split_seed) if test else None
     return train, dev, test
+
+
+def per_class(train: list[Example], labels: list[str], k: int, seed: int) -> list[Example]:
+    """A seeded `k` examples of every label, in file order; a label with fewer is an error
+    (a k-shot run that quietly saw fewer shots of one class would misreport itself)."""
+    by_label: dict[str, list[int]] = {label: [] for label in labels}
+    for i, e in enumerate(train):
+        by_label[e.label].append(i)
+    short = {label: len(idx) for label, idx in by_label.items() if len(idx) < k}
+    if short:
+        raise DataError(f"data.per_class {k}: the training data has fewer examples of "
+                        + ", ".join(f"{label!r} ({n})" for label, n in short.items())
+                        + "; lower data.per_class")
+    rng = random.Random(seed)
+    keep = sorted(i for label in labels for i in rng.sample(by_label[label], k))
+    return [train[i] for i in keep]
 
 
 def _sample(items: list[T], n: int, seed: int) -> list[T]:

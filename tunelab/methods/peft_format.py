@@ -135,6 +135,17 @@ def method_config(config: dict[str, Any], method: type[AdapterMethod], path: Pat
         raise AdapterError(f"{path}: {where}: {msg} (got {err.get('input')!r})") from None
 
 
+def init_from_adapter(model: nn.Module, adapter_dir: str | Path, method_name: str) -> None:
+    """Copy a saved adapter's weights into the layers this run's method already injected."""
+    _, method, path = read_adapter_config(adapter_dir)
+    if method.name != method_name:
+        raise AdapterError(f"model.init_adapter: {path} holds a {method.name} adapter but "
+                           f"method.name is {method_name}; use the adapter's method and settings")
+    weights_path = weights_file(adapter_dir, path)
+    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
+    _load_state(model, state, weights_path)
+
+
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Copy tensors into the parameters they name; every trainable parameter must get one."""
     params = dict(model.named_parameters())

@@ -16,7 +16,7 @@ from tunelab import methods
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.report import plot_history, summary_lines
-from tunelab.methods.peft_format import save_adapter
+from tunelab.methods.peft_format import init_from_adapter, save_adapter
 from tunelab.models.from_run import run_chain
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.tasks.setup import setup
@@ -95,6 +95,9 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     report = methods.apply(s.model, cfg.method)
     for line in report.lines():
         log(line)
+    if cfg.model.init_adapter:
+        init_from_adapter(s.model, cfg.model.init_adapter, cfg.method.name)
+        log(f"adapter and head weights start from {cfg.model.init_adapter}")
     run_dir = prepare_output(cfg, resume, overwrite, dist)
     if dist.main:
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Meta-learning for few-shot adaptation: an adapter initialisation learned across tasks."""

@@ -1,0 +1,67 @@
+"""`tunelab meta CONFIG`: meta-learn an adapter initialisation and save it as a PEFT adapter
+that a later few-shot run starts from (`model.init_adapter: RUN_DIR/adapter`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from tunelab import methods
+from tunelab.errors import CheckpointError
+from tunelab.meta.config import MetaRun
+from tunelab.meta.episodes import build_pools
+from tunelab.meta.learn import meta_train
+from tunelab.methods.peft_format import save_adapter
+from tunelab.models import load_classifier, load_tokenizer, resolve
+from tunelab.runs import ADAPTER_DIR, write_json
+from tunelab.train.run import seed_everything
+
+
+def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    s = cfg.meta
+    out = Path(cfg.output_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"output_dir {out} already holds a run; pass --overwrite to "
+                              "replace it, or set output_dir")
+    seed_everything(s.seed)
+    model_path = resolve(cfg.model.name)
+    tokenizer = load_tokenizer(model_path)
+    pools = build_pools(s.sources, tokenizer, cfg.model.max_length, s.n_way,
+                        s.k_shot + s.query_shot)  # data first: errors before weights load
+    for pool in pools:
+        log(f"source {pool.name}: labels {', '.join(sorted(pool.by_label))}")
+    model = load_classifier(model_path, [f"class {i}" for i in range(s.n_way)], cfg.model.dropout,
+                            pad_token_id=tokenizer.pad_token_id)
+    report = methods.apply(model, cfg.method)
+    for line in report.lines():
+        log(line)
+    log(f"{s.algorithm}: {s.episodes} episodes of {s.n_way}-way {s.k_shot}-shot, "
+        f"{s.inner_steps} inner steps at lr {s.inner_lr}, outer lr {s.outer}; the head is "
+        "reset to zero every episode and is not meta-learned")
+    history = meta_train(model, report.head, pools, s, tokenizer.pad_token_id, log)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+                                     encoding="utf-8")
+    adapter = save_adapter(model, cfg.method, report.head, str(model_path), out / ADAPTER_DIR)
+    with open(out / "episodes.jsonl", "w", encoding="utf-8") as f:
+        for h in history:
+            f.write(json.dumps(h) + "\n")
+    window = max(1, min(len(history) // 5, 50))
+    first = sum(h["query_loss"] for h in history[:window]) / window
+    last = sum(h["query_loss"] for h in history[-window:]) / window
+    summary = {"algorithm": s.algorithm, "episodes": s.episodes, "adapter": str(adapter),
+               "query_loss_first": first, "query_loss_last": last, "window": window,
+               "seconds": time.perf_counter() - t0}
+    write_json(out / "summary.json", summary)
+    log(f"query loss after adapting: {first:.4f} (first {window} episodes) -> {last:.4f} "
+        f"(last {window})")
+    log(f"adapter: {adapter}; start a few-shot run from it with model.init_adapter: {adapter}")
+    return summary
