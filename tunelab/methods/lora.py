@@ -112,9 +112,14 @@ class LoraLinear(AdapterLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
-        out = F.linear(x, self.linear_weight(), self.bias)
-        update = self.lora_B(self.lora_A(self.lora_dropout(x)))  # (..., r) -> (..., out)
-        return out + update * self.scaling
+        x2 = x.reshape(-1, self.in_features)  # (N, in)
+        out = F.linear(x2, self.linear_weight(), self.bias)  # (N, out)
+        down = F.linear(self.lora_dropout(x2), self.lora_A.weight)  # (N, r)
+        # out += s * down B^T: one GEMM accumulating in place (the linear's backward does not
+        # need its output), no scale, add or copy passes over the (N, out) activations
+        up = self.lora_B.weight.T.to(out.dtype)  # (r, out); autocast leaves in-place ops alone
+        out.addmm_(down.to(out.dtype), up, alpha=self.scaling)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def linear_weight(self) -> torch.Tensor:
         """The base weight as (out, in), a view for Conv1D layers."""

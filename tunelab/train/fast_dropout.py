@@ -26,7 +26,10 @@ class FastDropout(nn.Dropout):
         lanes = draws.view(torch.int16).view(-1, 4)[:, :LANES]  # (m, 3), uniform over int16
         threshold = round(self.p * 65536) - 32768
         keep = (lanes >= threshold).reshape(-1)[:n].view(x.shape)  # P(keep) = 1 - p
-        return x * keep * (1.0 / (1.0 - self.p))
+        # the kept-and-rescaled mask made outside autograd: one multiply forward and backward
+        scale = torch.full((), 1.0 / (1.0 - self.p), dtype=x.dtype)
+        mask = torch.where(keep, scale, torch.zeros((), dtype=x.dtype))  # (*x.shape)
+        return x * mask
 
 
 def use_fast_dropout(model: nn.Module) -> int:

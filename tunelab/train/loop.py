@@ -81,7 +81,7 @@ class Trainer:
         self.batches_per_epoch = len(self._plan(0))
         steps_from_epochs = math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, steps_from_epochs)
-        self.optimizer = build_optimizer(model, cfg, fused=device.type == "cuda",
+        self.optimizer = build_optimizer(model, cfg, fused=not self.fsdp,
                                          lr_scales=lr_scales)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         use_bf16 = cfg.precision == "bf16" or (
