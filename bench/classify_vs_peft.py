@@ -34,13 +34,14 @@ def tunelab_config(args, workload: str, out: Path):
     from tunelab.config import load_config
 
     w = WORKLOADS[workload]
+    lr = lr_of(args, workload)
     method = (["method.name=lora", "method.r=8", "method.alpha=16",
                f"method.targets=[{','.join(w['targets'])}]"] if workload == "lora"
               else ["method.name=full"])
     return load_config(None, [
         "model.name=minilm", f"model.max_length={MAX_LEN}", "data.train=sst2",
         f"data.max_train_examples={args.examples}", *method, "train.epochs=1",
-        f"train.batch_size={BATCH}", f"train.lr={w['lr']}", f"train.warmup_ratio={WARMUP}",
+        f"train.batch_size={BATCH}", f"train.lr={lr}", f"train.warmup_ratio={WARMUP}",
         "train.eval_at_start=false", "train.checkpoint_every=100000", f"train.seed={args.seed}",
         f"train.precision={args.precision}",  # the reference runs at the same precision
         f"output_dir={out}"])
@@ -81,7 +82,7 @@ def child_reference(args, workload: str, out: Path) -> dict:
                                   "attention_mask": enc["attention_mask"],
                                   "labels": [int(e.label) for e in splits.train]})
     targs = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH,
-                              num_train_epochs=1, learning_rate=WORKLOADS[workload]["lr"],
+                              num_train_epochs=1, learning_rate=lr_of(args, workload),
                               lr_scheduler_type="linear", warmup_steps=WARMUP, weight_decay=0.01,
                               max_grad_norm=1.0, seed=args.seed, logging_steps=50, save_strategy="no",
                               report_to=[], use_cpu=not torch.cuda.is_available(),
@@ -105,6 +106,10 @@ def child_reference(args, workload: str, out: Path) -> dict:
             "examples": args.examples, "accuracy": (preds == gold).float().mean().item(),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "wall": time.perf_counter() - t_start}
+
+
+def lr_of(args, workload: str) -> float:
+    return args.lr_lora if workload == "lora" else args.lr_full
 
 
 def flops_per_token(workload: str) -> float:
@@ -138,7 +143,7 @@ def table(args, results: dict, peak: float) -> str:
              f"for every run), max length {MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, "
              f"warmup {WARMUP:.0%}; training seeds {', '.join(map(str, args.seeds))}, one run per "
              "seed and tool, figures are means over seeds. (a) LoRA r8/alpha 16 on query and "
-             "value, lr 5e-4; (b) full fine-tuning, lr 5e-5. Real tokens exclude padding; MFU "
+             f"value, lr {args.lr_lora:g}; (b) full fine-tuning, lr {args.lr_full:g}. Real tokens exclude padding; MFU "
              "counts matmul FLOPs per real token (6N full, 4N frozen base) against the measured "
              "peak (MFU/peak: how far each figure is from it). Dev accuracy on all 872 SST-2 dev "
              "examples: mean, and [lowest, highest] over seeds.",
@@ -171,6 +176,8 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=4000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--lr-lora", type=float, default=WORKLOADS["lora"]["lr"])
+    p.add_argument("--lr-full", type=float, default=WORKLOADS["full"]["lr"])
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     p.add_argument("--work", default="/tmp/tunelab-bench-classify")
     p.add_argument("--child", choices=RUNS)
@@ -187,7 +194,8 @@ def main() -> None:
             print(f"running {kind}, seed {seed} ...", flush=True)
             subprocess.run([sys.executable, __file__, "--child", kind, "--json", str(out),
                             "--work", args.work, "--examples", str(args.examples),
-                            "--seed", str(seed)], check=True)
+                            "--seed", str(seed), "--lr-lora", str(args.lr_lora),
+                            "--lr-full", str(args.lr_full)], check=True)
             results[kind].append(json.loads(out.read_text()))
             print(f"  {kind}: {results[kind][-1]}", flush=True)
     section = table(args, results, peak)
