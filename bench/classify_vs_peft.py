@@ -166,7 +166,8 @@ def table(args, results: dict, peak: float) -> str:
                          f"{mean([r['wall'] for r in runs]):.1f} | "
                          f"{mean(acc):.4f} [{min(acc):.4f}, {max(acc):.4f}] |")
     lines += ["", f"Command: `python bench/classify_vs_peft.py --examples {args.examples} --seeds "
-              f"{' '.join(map(str, args.seeds))} --precisions {' '.join(args.precisions)}` "
+              f"{' '.join(map(str, args.seeds))} --precisions {' '.join(args.precisions)} --lr-lora "
+              f"{args.lr_lora:g} --lr-full {args.lr_full:g}` "
               "(part of `make bench`)."]
     return "\n".join(lines) + "\n"
 
