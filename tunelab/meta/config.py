@@ -7,8 +7,9 @@ from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from tunelab.config import (DataConfig, MethodConfig, ModelConfig, _apply_override, _describe,
+from tunelab.config import (DataConfig, MethodConfig, ModelConfig, _apply_override,
                             parse_overrides, read_yaml)
+from tunelab.config_messages import describe
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.schema import StrictModel
@@ -63,5 +64,5 @@ def load_meta_config(path: str | Path | None, overrides: list[str] | None = None
     try:
         return _META.validate_python(tree)
     except ValidationError as exc:
-        lines = [_describe(err, MetaRun) for err in exc.errors()]
+        lines = [describe(err, MetaRun) for err in exc.errors()]
         raise ConfigError(f"{path or 'config'}: " + "; ".join(dict.fromkeys(lines))) from None
