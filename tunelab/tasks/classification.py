@@ -12,6 +12,7 @@ from torch import nn
 from tunelab.data.batching import Encoded, collate, encode, plan_batches
 from tunelab.data.readers import Example
 from tunelab.eval.metrics import classification_metrics
+from tunelab.models.first_token import first_token_only
 
 
 @dataclass
@@ -51,7 +52,8 @@ class ClassificationTask:
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed (not mean) cross-entropy, so accumulation can divide by the step's example count."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits  # (B, n_labels)
+        with first_token_only(model):  # the head reads one token: the last layer skips the rest
+            logits = model(**inputs).logits  # (B, n_labels)
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
     @torch.no_grad()
@@ -63,7 +65,7 @@ class ClassificationTask:
         loss = 0.0
         for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
             batch = {k: v.to(device) for k, v in self.collate(data, index).items()}
-            with autocast or nullcontext():
+            with autocast or nullcontext(), first_token_only(model):
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
             loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()
             probs[index] = logits.softmax(-1).cpu()
