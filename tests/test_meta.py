@@ -237,7 +237,9 @@ def test_init_adapter_starts_a_train_run_from_the_meta_learned_weights(tiny_mode
     lora = [k for k in learned if ".lora_" in k]
     assert sorted(lora) == sorted(k for k in started if ".lora_" in k) and len(lora) == 8
     assert max((started[k] - learned[k]).abs().max().item() for k in lora) < 1e-5
-    assert min((fresh[k] - learned[k]).abs().max().item() for k in lora) > 1e-3
+    # a fresh B is zero and a meta-learned one is small (~1e-3 after 2 inner steps): 10x the
+    # bound above still tells them apart
+    assert min((fresh[k] - learned[k]).abs().max().item() for k in lora) > 1e-4
     tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "bad", max_steps=1)
     tree["model"]["init_adapter"] = str(adapter)
     tree["method"] = {"name": "ia3", "targets": ["query", "value"]}

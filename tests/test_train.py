@@ -33,7 +33,7 @@ def adapter_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_learning_happens_on_the_toy_task(tiny_model_dir, tiny_data, tmp_path, precision):
-    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=96, eval_every=48,
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "run", max_steps=128, eval_every=64,
                        lr=3e-3, precision=precision)
     tree["method"] = {"name": "full"}  # a random tiny base: LoRA alone has too little to adapt
     cfg = validate(tree)
