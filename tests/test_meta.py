@@ -165,8 +165,8 @@ def steps_to(curve: list[tuple[float, float]], accuracy: float) -> int:
 INNER_LR = 5e-3
 
 
-# Reptile on two seeds. It is not reliable here: of seeds 0-4 it gets there on 2 and 3 and
-# stays at a fresh LoRA's pace on 0, 1 and 4 (2026-11-29; an outer step of 0.5 instead of
+# Reptile on two seeds. It is not reliable here: of seeds 0-4 it gets there on 2 and 3, needs
+# 8 steps on 1 and more than 20 on 0 and 4 (2026-11-29; an outer step of 0.5 instead of
 # 1.0 gave 3 of 5), so these seeds show the effect exists, not that every run finds it.
 # First-order MAML (outer AdamW at 1e-2) needs more meta-training here (at 60 x 15 it
 # reached 60% only after ~10 steps).
