@@ -15,6 +15,7 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from tunelab.augment.settings import AugmentConfig
 from tunelab.config_messages import describe
+from tunelab.config_tree import read_yaml, with_overrides
 from tunelab.errors import ConfigError
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
@@ -399,51 +400,6 @@ TASKS = ("classification", "causal_lm", "token_classification", "translation", "
 # ----------------------------------------------------------------------------- loading
 
 
-def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
-    """'a.b=3' -> (['a', 'b'], 3); values are parsed as YAML scalars/lists."""
-    parsed = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip() or any(not p for p in key.split(".")):
-            raise ConfigError(f"override {item!r}: expected dotted.key=value, e.g. train.lr=1e-4")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        parsed.append((key.strip().split("."), value))
-    return parsed
-
-
-def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for i, part in enumerate(path[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            dotted = ".".join(path[: i + 1])
-            raise ConfigError(f"override {'.'.join(path)}: {dotted} is a value, not a section")
-        node = child
-    node[path[-1]] = value
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections (model, data, ...)")
-    return data
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> RunConfig:
     """Read YAML (or start from `base`), apply overrides, validate; raise ConfigError once."""
@@ -451,8 +407,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     if path is not None:
         tree = read_yaml(path)
     tree.pop(SEARCH_KEY, None)  # `tunelab tune` reads it; every other command runs the config as is
-    for keys, value in parse_overrides(overrides or []):
-        _apply_override(tree, keys, value)
+    with_overrides(tree, overrides)
     return validate(tree, source=str(path) if path else "config")
 
 

@@ -21,7 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tunelab.config import _apply_override, validate
+from tunelab.config import validate
+from tunelab.config_tree import apply_override
 from tunelab.errors import ConfigError
 
 RANGES = ("uniform", "log_uniform", "int", "log_int")
@@ -75,7 +76,7 @@ def with_values(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a config tree with dotted keys set."""
     out = copy.deepcopy(tree)
     for key, value in values.items():
-        _apply_override(out, key.split("."), value)
+        apply_override(out, key.split("."), value)
     return out
 
 

@@ -16,8 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.config import SEARCH_KEY, RunConfig, dump_config, parse_overrides, read_yaml, validate
-from tunelab.config import _apply_override
+from tunelab.config import SEARCH_KEY, RunConfig, dump_config, validate
+from tunelab.config_tree import read_yaml, with_overrides
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.cv import LOG_FILE, cross_validate, file_log, fresh_dir, run_metric, tidy
 from tunelab.eval.metrics import HIGHER_IS_BETTER
@@ -41,8 +41,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None
         raise ConfigError(f"{path}: no '{SEARCH_KEY}:' section to tune; add one, e.g. "
                           f"{SEARCH_KEY}: {{train.lr: {{log_uniform: [1.0e-5, 1.0e-2]}}, "
                           "method.r: {choice: [4, 8, 16]}}")
-    for keys, value in parse_overrides(overrides or []):
-        _apply_override(tree, keys, value)
+    with_overrides(tree, overrides)
     cfg = validate(tree, str(path))
     return tree, cfg, parse_space(raw, tree, str(path))
 

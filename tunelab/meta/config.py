@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from tunelab.config import (DataConfig, MethodConfig, ModelConfig, _apply_override,
-                            parse_overrides, read_yaml)
+from tunelab.config import DataConfig, MethodConfig, ModelConfig
 from tunelab.config_messages import describe
+from tunelab.config_tree import read_yaml, with_overrides
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.schema import StrictModel
@@ -56,9 +56,7 @@ _META = TypeAdapter(MetaRun)
 
 def load_meta_config(path: str | Path | None, overrides: list[str] | None = None) -> MetaRun:
     """Read YAML, apply `key=value` overrides, validate; one ConfigError naming every bad key."""
-    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
-    for keys, value in parse_overrides(overrides or []):
-        _apply_override(tree, keys, value)
+    tree = with_overrides(read_yaml(path) if path is not None else {}, overrides)
     if isinstance(tree.get("method"), dict) and "name" not in tree["method"]:
         tree["method"] = {"name": "lora", **tree["method"]}
     try:
