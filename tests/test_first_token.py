@@ -6,6 +6,7 @@ from transformers import AutoTokenizer
 
 from tunelab import methods
 from tunelab.config import load_config
+from tunelab.data.batching import encode
 from tunelab.models import load_classifier, load_token_classifier
 from tunelab.models.first_token import first_token_only
 from tunelab.tasks.classification import ClassificationTask
@@ -83,8 +84,6 @@ def test_classification_task_scores_match_a_plain_forward(tiny_model_dir):
     model = load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0).eval()
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     task = ClassificationTask(["neg", "pos"], 64, tok.pad_token_id)
-    from tunelab.data.batching import encode
-
     data = encode(tok, TEXTS, None, [0, 1, 0, 1], 64)
     pred = task.predict(model, data, batch_size=2, device=torch.device("cpu"))
     plain = model(**_batch(tiny_model_dir)).logits.softmax(-1)
