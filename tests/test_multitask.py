@@ -153,7 +153,7 @@ def mt_config(model_dir: Path, tasks: dict, out: Path, **train) -> dict:
     return {"task": "multitask", "model": {"name": str(model_dir), "max_length": 32},
             "tasks": tasks, "sampling": "proportional",
             "method": {"name": "full"},  # a random tiny base: LoRA alone adapts too little
-            "train": {"batch_size": 8, "lr": 3e-3, "epochs": 5, "eval_every": 20,
+            "train": {"batch_size": 8, "lr": 3e-3, "epochs": 8, "eval_every": 20,
                       "checkpoint_every": 20, "log_every": 5, "seed": 0, **train},
             "output_dir": str(out)}
 
@@ -178,9 +178,10 @@ def test_every_task_head_trains_and_scores(trained):
     assert after["ner/f1"] >= 0.8 and before["ner/f1"] <= 0.2
     assert after["mean"] == pytest.approx(
         (after["sentiment/accuracy"] + after["topic/accuracy"] + after["ner/f1"]) / 3)
-    # one epoch = one pass over every task: 12 + 12 + 20 batches, 5 epochs (at 4 the topic
-    # task's accuracy depended on the dropout draws: 0.7 or 1.0)
-    assert summary["steps"] == 5 * (12 + 12 + 20)
+    # one epoch = one pass over every task: 12 + 12 + 20 batches, 8 epochs (at 5 and 6 the
+    # topic task's accuracy depended on the dropout draws: 0.67 for seeds 0 and 3, 1.0 for
+    # 1, 2 and 4; at 8 it was 1.0 for seeds 0-4)
+    assert summary["steps"] == 8 * (12 + 12 + 20)
     assert any(line.startswith("sampling: proportional") and "ner 20 (of 20)" in line
                for line in lines)
     assert any(line.startswith("  ner: entity F1:") for line in lines)  # printed per task

@@ -67,6 +67,7 @@ def test_accumulation_normalises_by_examples_in_the_step(tiny_model_dir, tiny_da
         task = ClassificationTask(splits.labels, 32, tok.pad_token_id)
         trainer = loop_mod.Trainer(model, task, task.encode(tok, splits.train),
                                    task.encode(tok, splits.dev), cfg.train, tmp_path, torch.device("cpu"))
+        assert model.config._attn_implementation == "tunelab_sdpa"  # a CPU run switches to it
         trainer.micro_batches = lambda step: parts
         trainer._step(0, [p for p in model.parameters() if p.requires_grad])
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

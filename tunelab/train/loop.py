@@ -23,6 +23,7 @@ from tunelab.eval.metrics import HIGHER_IS_BETTER
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import fsdp
 from tunelab.train.distributed import Dist, wrap
+from tunelab.train.dropout_attention import use_dropout_attention
 from tunelab.train.fast_dropout import use_fast_dropout
 from tunelab.train.hooks import StepHook
 from tunelab.train.optim import build_optimizer, build_scheduler
@@ -71,6 +72,8 @@ class Trainer:
                 raise ConfigError("train.gradient_checkpointing: this model does not support it")
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         use_fast_dropout(model)  # the CPU dropout mask is a tenth of a small model's step
+        if device.type == "cpu":
+            use_dropout_attention(model)  # and in attention it also costs SDPA its fused kernel
         self.fsdp = dist.active and cfg.distributed == "fsdp"
         # DDP (or FSDP) under torchrun, the loss module otherwise
         self.forward = wrap(model, task, dist, cfg.distributed)
