@@ -11,7 +11,11 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from tunelab.train.dropout_attention import NAME, dropout_attention, use_dropout_attention
+from tunelab.train.dropout_attention import (
+    NAME,
+    dropout_attention,
+    use_dropout_attention,
+)
 
 
 def encoder(model_dir) -> nn.Module:
