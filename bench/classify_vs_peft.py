@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -135,7 +136,8 @@ def mean(values: list[float]) -> float:
 
 def table(args, results: dict, peak: float) -> str:
     """results[kind] is a list of per-seed results."""
-    lines = [f"## MiniLM on SST-2: tunelab vs peft + transformers.Trainer ({device_name()})", "",
+    only = "" if len(args.workloads) == len(WORKLOADS) else f", {' and '.join(args.workloads)} only"
+    lines = [f"## MiniLM on SST-2{only}: tunelab vs peft + transformers.Trainer ({device_name()})", "",
              f"Measured {date.today()} on {machine()}; fp32 matmul peak measured in the same "
              f"run: {peak:.1f} GFLOP/s. Each tool runs at each precision in "
              f"{', '.join(args.precisions)} (bf16: autocast with fp32 master weights, "
@@ -144,8 +146,11 @@ def table(args, results: dict, peak: float) -> str:
              f" {args.examples} seeded SST-2 training examples (the same "
              f"for every run), max length {MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, "
              f"warmup {WARMUP:.0%}; training seeds {', '.join(map(str, args.seeds))}, one run per "
-             "seed and tool, figures are means over seeds. (a) LoRA r8/alpha 16 on query and "
-             f"value, lr {args.lr_lora:g}; (b) full fine-tuning, lr {args.lr_full:g}. Real tokens exclude padding; MFU "
+             "seed and tool, figures are means over seeds. "
+             + "; ".join({"lora": f"(a) LoRA r8/alpha 16 on query and value, lr {args.lr_lora:g}",
+                          "full": f"(b) full fine-tuning, lr {args.lr_full:g}"}[w]
+                         for w in args.workloads)
+             + ". Real tokens exclude padding; MFU "
              "counts matmul FLOPs per real token (6N full, 4N frozen base) against the measured "
              "peak (MFU/peak: how far each figure is from it); these are the model's FLOPs, and "
              "tunelab skips some of them (the last layer finishes only the first token, which is "
@@ -154,7 +159,7 @@ def table(args, results: dict, peak: float) -> str:
              "examples: mean, and [lowest, highest] over seeds.",
              "", "| workload | precision | run | real tokens/s | examples/s | vs reference | MFU | peak RSS (MB) | train time (s) | wall (s) | dev accuracy |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for workload, precision in ((w, p) for w in WORKLOADS for p in args.precisions):
+    for workload, precision in ((w, p) for w in args.workloads for p in args.precisions):
         ref_tps = mean([r["tokens"] / r["seconds"]
                         for r in results[f"reference-{workload}-{precision}"]])
         for tool in ("tunelab", "reference"):
@@ -170,8 +175,17 @@ def table(args, results: dict, peak: float) -> str:
                          f"{mean([r['seconds'] for r in runs]):.1f} | "
                          f"{mean([r['wall'] for r in runs]):.1f} | "
                          f"{mean(acc):.4f} [{min(acc):.4f}, {max(acc):.4f}] |")
+    lines += ["", "Dev accuracy, tunelab minus reference, seed by seed (mean +- its standard error):"]
+    for workload, precision in ((w, p) for w in args.workloads for p in args.precisions):
+        diffs = [t["accuracy"] - r["accuracy"] for t, r in
+                 zip(results[f"tunelab-{workload}-{precision}"],
+                     results[f"reference-{workload}-{precision}"])]
+        se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+        lines.append(f"- {workload} {precision}: {', '.join(f'{d:+.4f}' for d in diffs)}; "
+                     f"mean {mean(diffs):+.4f} +- {se:.4f}")
     lines += ["", f"Command: `python bench/classify_vs_peft.py --examples {args.examples} --seeds "
-              f"{' '.join(map(str, args.seeds))} --precisions {' '.join(args.precisions)} --lr-lora "
+              f"{' '.join(map(str, args.seeds))} --workloads {' '.join(args.workloads)} "
+              f"--precisions {' '.join(args.precisions)} --lr-lora "
               f"{args.lr_lora:g} --lr-full {args.lr_full:g}` "
               "(part of `make bench`)."]
     return "\n".join(lines) + "\n"
@@ -181,6 +195,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--examples", type=int, default=4000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     p.add_argument("--lr-lora", type=float, default=WORKLOADS["lora"]["lr"])
     p.add_argument("--lr-full", type=float, default=WORKLOADS["full"]["lr"])
@@ -195,7 +210,8 @@ def main() -> None:
     peak = matmul_peak_gflops()
     results: dict[str, list[dict]] = {kind: [] for kind in RUNS}
     for seed in args.seeds:
-        for kind in [k for k in RUNS if k.rsplit("-", 1)[1] in args.precisions]:
+        for kind in [k for k in RUNS if k.split("-")[1] in args.workloads
+                     and k.split("-")[2] in args.precisions]:
             out = Path(args.work) / f"{kind}-{seed}.json"
             print(f"running {kind}, seed {seed} ...", flush=True)
             subprocess.run([sys.executable, __file__, "--child", kind, "--json", str(out),

@@ -48,7 +48,7 @@ def test_training_forward_and_backward_match_sdpa_when_nothing_is_dropped(tiny_m
         if isinstance(module, nn.Dropout):
             module.p = 1e-9 if name.endswith("attention.self.dropout") else 0.0
     model.train()
-    assert use_dropout_attention(model)
+    assert use_dropout_attention(model) == 1
     loss, grads = loss_and_grads(model, padded)
     model.set_attn_implementation("sdpa")
     sdpa_loss, sdpa_grads = loss_and_grads(model, padded)
@@ -90,8 +90,15 @@ def test_sdpa_runs_without_dropout_and_for_causal_attention_without_a_mask():
 def test_switch_saves_nothing_and_leaves_eval_outputs_alone(tiny_model_dir, tmp_path):
     model = encoder(tiny_model_dir).eval()
     ref = model(**batch()).logits
-    assert use_dropout_attention(model) and model.config._attn_implementation == NAME
+    assert use_dropout_attention(model) == 1 and model.config._attn_implementation == NAME
     torch.testing.assert_close(model(**batch()).logits, ref, atol=0, rtol=0)
     model.save_pretrained(tmp_path)
     assert NAME not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
-    assert not use_dropout_attention(nn.Linear(2, 2))
+    assert use_dropout_attention(model) == 0  # already switched
+    assert use_dropout_attention(nn.Linear(2, 2)) == 0
+
+
+def test_every_task_model_of_a_multitask_model_switches(tiny_model_dir):
+    models = nn.ModuleDict({"a": encoder(tiny_model_dir), "b": encoder(tiny_model_dir)})
+    assert use_dropout_attention(models) == 2
+    assert {m.config._attn_implementation for m in models.values()} == {NAME}

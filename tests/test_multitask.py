@@ -126,7 +126,8 @@ def topic_rows(n: int, seed: int) -> list[tuple[str, str]]:
     for i in range(n):
         label = names[i % 3]
         words = rng.sample(["the", "news", "today", "about", "new", "report", "big"], 3)
-        words.insert(rng.randint(0, 3), rng.choice(TOPICS[label]))
+        for topic_word in rng.sample(TOPICS[label], 2):  # two: one alone was learnt slowly
+            words.insert(rng.randint(0, len(words)), topic_word)
         rows.append((" ".join(words), label))
     return rows
 
@@ -178,9 +179,10 @@ def test_every_task_head_trains_and_scores(trained):
     assert after["ner/f1"] >= 0.8 and before["ner/f1"] <= 0.2
     assert after["mean"] == pytest.approx(
         (after["sentiment/accuracy"] + after["topic/accuracy"] + after["ner/f1"]) / 3)
-    # one epoch = one pass over every task: 12 + 12 + 20 batches, 8 epochs (at 5 and 6 the
-    # topic task's accuracy depended on the dropout draws: 0.67 for seeds 0 and 3, 1.0 for
-    # 1, 2 and 4; at 8 it was 1.0 for seeds 0-4)
+    # one epoch = one pass over every task: 12 + 12 + 20 batches, 8 epochs. The topic task is
+    # the fragile one on this random tiny encoder: with one topic word per example it stalled
+    # at 0.67 (one class never predicted) for 2-3 of seeds 0-4 whatever the epochs (5-12);
+    # with two, seeds 0, 1, 2 and 4 reach 1.0 and seed 3 stalls (2026-11-29)
     assert summary["steps"] == 8 * (12 + 12 + 20)
     assert any(line.startswith("sampling: proportional") and "ner 20 (of 20)" in line
                for line in lines)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -66,11 +66,14 @@ AttentionInterface.register(NAME, dropout_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)  # it reads the masks SDPA reads
 
 
-def use_dropout_attention(model: nn.Module) -> bool:
-    """Switch a transformers model running SDPA to `dropout_attention`; True if it did."""
-    config = getattr(model, "config", None)
-    switch = getattr(model, "set_attn_implementation", None)
-    if switch is None or getattr(config, "_attn_implementation", None) != "sdpa":
-        return False
-    switch(NAME)
-    return model.config._attn_implementation == NAME
+def use_dropout_attention(model: nn.Module) -> int:
+    """Switch every transformers model in `model` (itself, or a multitask model's task models)
+    that runs SDPA to `dropout_attention`; returns how many it switched."""
+    switched = 0
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(module, PreTrainedModel) and \
+                getattr(config, "_attn_implementation", None) == "sdpa":
+            module.set_attn_implementation(NAME)
+            switched += module.config._attn_implementation == NAME
+    return switched
