@@ -4,7 +4,7 @@ With attention dropout on (BERT-style encoders train with 0.1), torch's SDPA on 
 its fused kernel for the math path and draws one random number per attention weight
 (`bernoulli_`), a few percent of a small encoder's step. This attention function is SDPA
 except in that case, where it computes softmax(q k^T * scale + mask) with dropout by
-FastDropout's mask (a third of the draws, from the same generator) and two batched
+FastDropout's mask (a quarter of the draws, from the same generator) and two batched
 matmuls. Registered with transformers' AttentionInterface under NAME; a model switches to
 it with `use_dropout_attention`, which changes nothing saved (transformers does not write
 the attention implementation into config.json).

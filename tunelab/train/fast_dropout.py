@@ -3,8 +3,8 @@
 torch's CPU dropout draws one random number per element (`bernoulli_`), which on a small
 encoder costs more than a tenth of a training step. This mask takes four 16-bit lanes from
 each full-range 64-bit draw of the same generator (so seeding and checkpointed RNG state
-work as before): a quarter of the draws, with the keep probability rounded to 1/65536. On other
-devices, and in eval mode, it is plain `F.dropout`.
+work as before): a quarter of the draws, with the keep probability rounded to 1/65536. On
+other devices, and in eval mode, it is plain `F.dropout`.
 """
 
 from __future__ import annotations
