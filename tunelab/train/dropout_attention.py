@@ -71,9 +71,7 @@ def use_dropout_attention(model: nn.Module) -> int:
     that runs SDPA to `dropout_attention`; returns how many it switched."""
     switched = 0
     for module in model.modules():
-        config = getattr(module, "config", None)
-        if isinstance(module, PreTrainedModel) and \
-                getattr(config, "_attn_implementation", None) == "sdpa":
+        if isinstance(module, PreTrainedModel) and module.config._attn_implementation == "sdpa":
             module.set_attn_implementation(NAME)
             switched += module.config._attn_implementation == NAME
     return switched
