@@ -69,6 +69,9 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(32, ge=1)  # examples per micro-batch
     grad_accum: int = Field(1, ge=1)
     bucket_by_length: bool = True  # batches of similar length: almost no padding
+    # random batches packed into rows, no padding (tunelab/data/packing.py); None: where the
+    # model can read them (BERT-style classifiers), else bucket_by_length; true: or an error
+    packing: bool | None = None
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     lr: float = Field(5e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)

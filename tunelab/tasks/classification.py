@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.data.batching import Encoded, collate, encode, plan_batches
+from tunelab.data.packing import pack
 from tunelab.data.readers import Example
 from tunelab.eval.metrics import classification_metrics
 from tunelab.models.first_token import first_token_only
@@ -34,6 +35,9 @@ class ClassificationTask:
         self.index = {label: i for i, label in enumerate(labels)}
         self.max_length = max_length
         self.pad_id = pad_id
+        # training batches random and packed into rows (tunelab.data.packing), not padded:
+        # the run turns it on when the model can read them (first_token.packing_blocker)
+        self.packing = False
 
     def encode(self, tokenizer, examples: list[Example]) -> Encoded:
         pairs = [e.text_pair or "" for e in examples] if examples[0].text_pair is not None else None
@@ -41,7 +45,12 @@ class ClassificationTask:
                       [self.index[e.label] for e in examples], self.max_length)
 
     def collate(self, data: Encoded, index: list[int]) -> dict[str, torch.Tensor]:
-        return collate(data, index, self.pad_id)
+        return (pack if self.packing else collate)(data, index, self.pad_id)
+
+    def plan_batches(self, lengths: list[int], batch_size: int, seed: int, epoch: int,
+                     bucket: bool) -> list[list[int]]:
+        """Packed batches cost no padding at any mix of lengths, so they stay random."""
+        return plan_batches(lengths, batch_size, seed, epoch, bucket and not self.packing)
 
     @staticmethod
     def units(data: Encoded, index: list[int]) -> int:
@@ -51,8 +60,9 @@ class ClassificationTask:
     @staticmethod
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed (not mean) cross-entropy, so accumulation can divide by the step's example count."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with first_token_only(model):  # the head reads one token: the last layer skips the rest
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "firsts")}
+        # the head reads one token: the last layer skips the rest (and finds it in packed rows)
+        with first_token_only(model, batch.get("firsts")):
             logits = model(**inputs).logits  # (B, n_labels)
         return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
@@ -64,7 +74,7 @@ class ClassificationTask:
         probs = torch.empty(len(data), len(self.labels))
         loss = 0.0
         for index in plan_batches(data.lengths(), batch_size, seed=0, epoch=0, bucket=True):
-            batch = {k: v.to(device) for k, v in self.collate(data, index).items()}
+            batch = {k: v.to(device) for k, v in collate(data, index, self.pad_id).items()}
             with autocast or nullcontext(), first_token_only(model):
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
             loss += F.cross_entropy(logits, batch["labels"], reduction="sum").item()

@@ -17,6 +17,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.report import plot_history, summary_lines
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
+from tunelab.models.first_token import packing_blocker
 from tunelab.models.from_run import run_chain
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.tasks.setup import setup
@@ -98,6 +99,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if cfg.model.init_adapter:
         init_from_adapter(s.model, cfg.model.init_adapter, cfg.method.name)
         log(f"adapter and head weights start from {cfg.model.init_adapter}")
+    choose_batches(cfg, s.task, s.model, log)
     run_dir = prepare_output(cfg, resume, overwrite, dist)
     if dist.main:
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
@@ -162,6 +164,26 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         log(line)
     dist.barrier()
     return summary
+
+
+def choose_batches(cfg: RunConfig, task: Any, model: torch.nn.Module,
+                   log: Callable[[str], None]) -> None:
+    """Packed or padded training batches (train.packing: None packs where the model can
+    read packed rows, true insists, false never); only classification packs."""
+    t = cfg.train
+    if not hasattr(task, "packing"):
+        if t.packing:
+            raise ConfigError(f"train.packing: true applies to sequence classification, not "
+                              f"to task '{cfg.task}'; remove it")
+        return
+    why = packing_blocker(model, t.gradient_checkpointing) if t.packing is not False else None
+    if t.packing and why:
+        raise ConfigError(f"train.packing: true, but {why}; set train.packing: false "
+                          "(padded batches)")
+    task.packing = t.packing is not False and why is None
+    log("batches: random, packed into rows (no padding)" if task.packing else
+        "batches: " + ("sorted by length" if t.bucket_by_length else "random") + ", padded"
+        + (f" (not packed: {why})" if why else ""))
 
 
 def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: Path,
