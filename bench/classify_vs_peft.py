@@ -2,8 +2,9 @@
 
 Workloads (a) LoRA r8 on query/value and (b) full fine-tuning of all-MiniLM-L6-v2, on the
 same seeded 4,000-example SST-2 sample, max length 64, batch 32, one epoch, the same
-learning rate, schedule and training seed. The reference pads each batch to its longest
-example (DataCollatorWithPadding); both are scored on the full SST-2 dev set. Each run is its
+learning rate, schedule and training seed. Both draw random batches; the reference pads each
+to its longest example (DataCollatorWithPadding), tunelab packs it into rows without padding
+(its default for this model, `train.packing`); both are scored on the full SST-2 dev set. Each run is its
 own process, one after another; every configuration runs once per training seed and the
 table gives the mean (accuracy with its range: one seed's accuracy moves by a point).
 Writes a table into BENCHMARKS.md.
@@ -146,7 +147,9 @@ def table(args, results: dict, peak: float) -> str:
              f" {args.examples} seeded SST-2 training examples (the same "
              f"for every run), max length {MAX_LEN}, batch {BATCH}, 1 epoch, linear schedule, "
              f"warmup {WARMUP:.0%}; training seeds {', '.join(map(str, args.seeds))}, one run per "
-             "seed and tool, figures are means over seeds. "
+             "seed and tool, figures are means over seeds. Both draw random batches: the "
+             "reference pads each to its longest example, tunelab packs it into rows with "
+             "attention kept within each example (its default here, `train.packing`). "
              + "; ".join({"lora": f"(a) LoRA r8/alpha 16 on query and value, lr {args.lr_lora:g}",
                           "full": f"(b) full fine-tuning, lr {args.lr_full:g}"}[w]
                          for w in args.workloads)
