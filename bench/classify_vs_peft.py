@@ -4,7 +4,7 @@ Workloads (a) LoRA r8 on query/value and (b) full fine-tuning of all-MiniLM-L6-v
 same seeded 4,000-example SST-2 sample, max length 64, batch 32, one epoch, the same
 learning rate, schedule and training seed. Both draw random batches; the reference pads each
 to its longest example (DataCollatorWithPadding), tunelab packs it into rows without padding
-(its default for this model, `train.packing`); both are scored on the full SST-2 dev set. Each run is its
+(its default for this model, `data.packing`); both are scored on the full SST-2 dev set. Each run is its
 own process, one after another; every configuration runs once per training seed and the
 table gives the mean (accuracy with its range: one seed's accuracy moves by a point).
 Writes a table into BENCHMARKS.md.
@@ -149,7 +149,7 @@ def table(args, results: dict, peak: float) -> str:
              f"warmup {WARMUP:.0%}; training seeds {', '.join(map(str, args.seeds))}, one run per "
              "seed and tool, figures are means over seeds. Both draw random batches: the "
              "reference pads each to its longest example, tunelab packs it into rows with "
-             "attention kept within each example (its default here, `train.packing`). "
+             "attention kept within each example (its default here, `data.packing`). "
              + "; ".join({"lora": f"(a) LoRA r8/alpha 16 on query and value, lr {args.lr_lora:g}",
                           "full": f"(b) full fine-tuning, lr {args.lr_full:g}"}[w]
                          for w in args.workloads)

@@ -2,6 +2,8 @@
 loss and every gradient equal the padded batch's, and runs choose packing only where the
 model reads packed rows right."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -11,11 +13,12 @@ from tunelab.config import load_config, validate
 from tunelab.data.batching import collate, encode
 from tunelab.data.packing import pack, pack_rows
 from tunelab.errors import ConfigError
+from tunelab.meta.config import load_meta_config
 from tunelab.models import load_classifier, load_token_classifier
 from tunelab.models.first_token import first_token_only, packing_blocker
 from tunelab.tasks.classification import ClassificationTask
 from tunelab.train.dropout_attention import use_dropout_attention
-from tunelab.train.run import train
+from tunelab.train.run import choose_batches, train
 
 from conftest import tiny_config
 
@@ -159,9 +162,32 @@ def test_runs_pack_where_they_can_and_insisting_elsewhere_is_a_clear_error(
     _, lines = _logged_run(tree)
     assert ("batches: sorted by length, padded (not packed: gradient checkpointing re-runs "
             "the last layer without the first-token cut)") in lines
-    tree["train"]["packing"] = True
-    with pytest.raises(ConfigError, match="train.packing: true, but gradient checkpointing"):
+    tree["data"]["packing"] = True
+    with pytest.raises(ConfigError, match="data.packing: true, but gradient checkpointing"):
         _logged_run(tree)
-    tree["train"].update(packing=False, gradient_checkpointing=False, bucket_by_length=False)
+    tree["data"]["packing"] = False
+    tree["train"].update(gradient_checkpointing=False, bucket_by_length=False)
     _, lines = _logged_run(tree)
     assert "batches: random, padded" in lines
+
+
+def test_packing_keys_elsewhere_are_refused_or_left_to_their_task(tiny_model_dir, tiny_data,
+                                                                 tmp_path):
+    tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "p")
+    tree["data"]["packing"] = True
+    tree["method"] = {"name": "prompt_tuning", "num_virtual_tokens": 4}
+    with pytest.raises(ConfigError, match="data.packing: prompt_tuning prepends virtual tokens"):
+        validate(tree)
+    tree["data"]["packing"] = None  # the default: prompt methods train in padded batches
+    validate(tree)
+    tasks = {"a": {"data": {**tree["data"], "packing": False}}, "b": {"data": tree["data"]}}
+    with pytest.raises(ConfigError, match="tasks.a.data.packing: multitask batches are not packed"):
+        validate({"task": "multitask", "model": tree["model"], "tasks": tasks,
+                  "method": {"name": "full"}, "output_dir": str(tmp_path / "m")})
+    with pytest.raises(ConfigError, match="sources.1.packing: episodes are small padded batches"):
+        load_meta_config(None, ["meta.sources=[{train: sst2}, {train: sst2, packing: true}]"])
+    # a causal LM task keeps the data.packing its own setup chose
+    sft = SimpleNamespace(packing=True)
+    choose_batches(validate(tiny_config(tiny_model_dir, tiny_data, tmp_path / "c")), sft,
+                   load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0), print)
+    assert sft.packing is True

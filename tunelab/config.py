@@ -50,6 +50,10 @@ class DataConfig(StrictModel):
     max_eval_examples: int | None = Field(None, ge=1)
     per_class: int | None = Field(None, ge=1)  # few-shot: a seeded k training examples per label
     augment: AugmentConfig | None = None  # training examples only; see tunelab/augment/
+    # random training batches packed into rows, no padding (tunelab/data/packing.py). None:
+    # where the model reads them (BERT-style classifiers), else train.bucket_by_length;
+    # true: packed, or an error saying why not
+    packing: bool | None = None
 
 
 MethodConfig = Annotated[
@@ -69,9 +73,6 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(32, ge=1)  # examples per micro-batch
     grad_accum: int = Field(1, ge=1)
     bucket_by_length: bool = True  # batches of similar length: almost no padding
-    # random batches packed into rows, no padding (tunelab/data/packing.py); None: where the
-    # model can read them (BERT-style classifiers), else bucket_by_length; true: or an error
-    packing: bool | None = None
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     lr: float = Field(5e-4, gt=0.0, le=1.0)
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
@@ -384,6 +385,11 @@ class MultiTaskRun(_RunBase):
         if self.train.loss_chunk_size is not None:
             raise ValueError("train.loss_chunk_size: only causal_lm and translation runs have a "
                              "vocabulary-sized output layer to chunk; remove it")
+        packed = [k for k, part in self.tasks.items() if getattr(part.data, "packing", None)
+                  is not None]
+        if packed:
+            raise ValueError(f"tasks.{packed[0]}.data.packing: multitask batches are not "
+                             "packed (each is padded, from one task); remove it")
         if self.train.distributed == "fsdp" or self.train.gradient_checkpointing \
                 or self.train.compile:
             raise ValueError("train.distributed: fsdp, train.gradient_checkpointing and "

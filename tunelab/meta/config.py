@@ -31,6 +31,14 @@ class MetaSettings(StrictModel):
     log_every: int = Field(20, ge=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _no_packing(self) -> "MetaSettings":
+        packed = [i for i, source in enumerate(self.sources) if source.packing is not None]
+        if packed:
+            raise ValueError(f"sources.{packed[0]}.packing: episodes are small padded batches, "
+                             "never packed; remove it")
+        return self
+
     @property
     def outer(self) -> float:
         return self.outer_lr if self.outer_lr is not None else (

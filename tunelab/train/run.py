@@ -20,6 +20,7 @@ from tunelab.methods.peft_format import init_from_adapter, save_adapter
 from tunelab.models.first_token import packing_blocker
 from tunelab.models.from_run import run_chain
 from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.tasks.classification import ClassificationTask
 from tunelab.tasks.setup import setup
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import distributed, fsdp
@@ -168,22 +169,19 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
 def choose_batches(cfg: RunConfig, task: Any, model: torch.nn.Module,
                    log: Callable[[str], None]) -> None:
-    """Packed or padded training batches (train.packing: None packs where the model can
-    read packed rows, true insists, false never); only classification packs."""
-    t = cfg.train
-    if not hasattr(task, "packing"):
-        if t.packing:
-            raise ConfigError(f"train.packing: true applies to sequence classification, not "
-                              f"to task '{cfg.task}'; remove it")
+    """Packed or padded classification batches (data.packing: None packs where the model
+    reads packed rows, true insists, false never); other tasks choose in their own setup."""
+    if not isinstance(task, ClassificationTask):
         return
-    why = packing_blocker(model, t.gradient_checkpointing) if t.packing is not False else None
-    if t.packing and why:
-        raise ConfigError(f"train.packing: true, but {why}; set train.packing: false "
+    asked = cfg.data.packing
+    why = packing_blocker(model, cfg.train.gradient_checkpointing) if asked is not False else None
+    if asked and why:
+        raise ConfigError(f"data.packing: true, but {why}; set data.packing: false "
                           "(padded batches)")
-    task.packing = t.packing is not False and why is None
+    task.packing = asked is not False and why is None
     log("batches: random, packed into rows (no padding)" if task.packing else
-        "batches: " + ("sorted by length" if t.bucket_by_length else "random") + ", padded"
-        + (f" (not packed: {why})" if why else ""))
+        "batches: " + ("sorted by length" if cfg.train.bucket_by_length else "random")
+        + ", padded" + (f" (not packed: {why})" if why else ""))
 
 
 def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: Path,
