@@ -32,6 +32,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def with_lora_everywhere(model):
+    """LoRA on query, value and every dense layer, B drawn != 0 so every factor gets a gradient."""
+    from tunelab import methods
+    from tunelab.config import load_config
+
+    cfg = load_config(None, ["model.name=minilm", "data.train=sst2", "method.name=lora",
+                             "method.targets=[query,value,dense]", "output_dir=/tmp/unused"])
+    methods.apply(model, cfg.method)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
 POS = ["good", "great", "wonderful", "fine", "lovely", "superb", "excellent", "nice"]
 NEG = ["bad", "awful", "terrible", "poor", "dreadful", "boring", "horrible", "weak"]
 FILL = ["the", "movie", "was", "really", "plot", "acting", "and", "quite", "story"]

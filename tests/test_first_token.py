@@ -4,12 +4,12 @@ less work, and nothing changed outside the forward that asked for it."""
 import torch
 from transformers import AutoTokenizer
 
-from tunelab import methods
-from tunelab.config import load_config
 from tunelab.data.batching import encode
 from tunelab.models import load_classifier, load_token_classifier
 from tunelab.models.first_token import first_token_only
 from tunelab.tasks.classification import ClassificationTask
+
+from conftest import with_lora_everywhere
 
 TEXTS = ["a great movie", "terrible and boring from the first scene to the last one", "ok",
          "the plot was thin but the acting carried it"]
@@ -18,16 +18,6 @@ TEXTS = ["a great movie", "terrible and boring from the first scene to the last 
 def _batch(model_dir):
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     return dict(tok(TEXTS, padding=True, return_tensors="pt"))  # right-padded, mixed lengths
-
-
-def _lora(model):
-    cfg = load_config(None, ["model.name=minilm", "data.train=sst2", "method.name=lora",
-                             "method.targets=[query,value,dense]", "output_dir=/tmp/unused"])
-    methods.apply(model, cfg.method)
-    for name, p in model.named_parameters():  # B != 0, so every LoRA factor gets a gradient
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    return model
 
 
 def _logits_and_grads(model, batch, cut: bool):
@@ -44,7 +34,7 @@ def _logits_and_grads(model, batch, cut: bool):
 
 def test_same_logits_and_gradients_as_the_full_forward(tiny_model_dir):
     torch.manual_seed(0)
-    model = _lora(load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0))
+    model = with_lora_everywhere(load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0))
     batch = _batch(tiny_model_dir)
     full, full_grads = _logits_and_grads(model, batch, cut=False)
     cut, cut_grads = _logits_and_grads(model, batch, cut=True)

@@ -20,7 +20,7 @@ from tunelab.tasks.classification import ClassificationTask
 from tunelab.train.dropout_attention import use_dropout_attention
 from tunelab.train.run import choose_batches, train
 
-from conftest import tiny_config
+from conftest import tiny_config, with_lora_everywhere
 
 TEXTS = ["a great movie", "terrible and boring from the first scene to the last one", "ok",
          "the plot was thin but the acting carried it", "fine", "not my kind of film at all",
@@ -64,16 +64,6 @@ def test_a_packed_batch_restarts_positions_and_attends_within_each_example(tiny_
     assert b["attention_mask"].any(-1).all()  # padding attends to padding: no empty row
 
 
-def _lora(model):
-    cfg = load_config(None, ["model.name=minilm", "data.train=sst2", "method.name=lora",
-                             "method.targets=[query,value,dense]", "output_dir=/tmp/unused"])
-    methods.apply(model, cfg.method)
-    for name, p in model.named_parameters():  # B != 0, so every LoRA factor gets a gradient
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)
-    return model
-
-
 def _loss_and_grads(task, model, batch):
     model.zero_grad()
     loss = task.loss_sum(model, batch)
@@ -86,7 +76,7 @@ def _loss_and_grads(task, model, batch):
 @pytest.mark.parametrize("attention", ["sdpa", "tunelab"])
 def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_model_dir, pairs, attention):
     torch.manual_seed(0)
-    model = _lora(load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0))
+    model = with_lora_everywhere(load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0))
     if attention == "tunelab":
         use_dropout_attention(model)
     tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
