@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunelab.train.dropout_attention import NAME as TUNELAB_ATTENTION
+
 # Task models whose head reads the first token of the last layer and nothing else.
 FIRST_TOKEN_HEADS = ("BertForSequenceClassification",)
 
@@ -44,7 +46,7 @@ def packing_blocker(model: nn.Module, gradient_checkpointing: bool = False) -> s
     if hasattr(model.base_model, "prompt_encoder"):  # tunelab.methods.virtual
         return "the method prepends virtual tokens to every row"
     impl = model.config._attn_implementation
-    if impl not in ("sdpa", "tunelab_sdpa"):  # tunelab_sdpa: tunelab.train.dropout_attention
+    if impl not in ("sdpa", TUNELAB_ATTENTION):
         return f"attention '{impl}' does not take a boolean block mask"
     return None
 
