@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/tunelab train examples/sst2-lora.yaml --overwrite
 
 test: $(STAMP)
+	$(BIN)/lint-imports  # the layers in pyproject.toml: an upward import fails the build
 	$(BIN)/python -m pytest -q
 
 # Benchmarks against the reference tools; each writes its table into BENCHMARKS.md.

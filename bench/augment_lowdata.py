@@ -42,7 +42,7 @@ def variants(copies: int) -> dict[str, list[str]]:
 
 def run(args, name: str, extra: list[str], seed: int, out: Path) -> dict:
     from tunelab.config import load_config
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     aug_seed = [f"data.augment.seed={seed}"] if extra else []
     cfg = load_config(None, [

@@ -52,7 +52,7 @@ def tunelab_config(args, workload: str, out: Path):
 
 
 def child_tunelab(args, workload: str, out: Path) -> dict:
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     s = train(tunelab_config(args, workload, out), overwrite=True, log=lambda _: None)
     return {"tokens": s["tokens_per_s"] * s["train_seconds"], "seconds": s["train_seconds"],
@@ -68,7 +68,7 @@ def child_reference(args, workload: str, out: Path) -> dict:
                               DataCollatorWithPadding, Trainer, TrainingArguments)
 
     from tunelab.data import load_splits
-    from tunelab.models import resolve
+    from tunelab.runs.resolve import resolve
 
     t_start = time.perf_counter()
     cfg = tunelab_config(args, workload, out)

@@ -54,7 +54,7 @@ def lora_config(args, model: str, seed: int, out: Path):
 
 
 def run(cfg) -> dict:
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     return train(cfg, overwrite=True, log=lambda line: None)
 

@@ -52,7 +52,7 @@ def meta_train(args, out: Path) -> dict:
 
 def fewshot(args, seed: int, init: str | None, out: Path) -> dict:
     from tunelab.config import load_config
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     cfg = load_config(None, [
         "model.name=minilm", f"model.max_length={MAX_LEN}", "data.train=sst2",

@@ -49,7 +49,7 @@ BATCH, MAX_LEN = 32, 64
 
 def child(args) -> None:
     from tunelab.config import load_config
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     extra, lr, _ = SETTINGS[args.child]
     out = Path(args.work) / args.child

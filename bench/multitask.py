@@ -50,7 +50,7 @@ def common(out: Path, lr: float) -> dict:
 
 def run(tree: dict, log) -> dict:
     from tunelab.config import validate
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     t0 = time.perf_counter()
     summary = train(validate(tree), overwrite=True, log=log)
@@ -82,7 +82,7 @@ def main() -> None:
         alone[name] = run({**common(work / name, args.lr), **part}, lambda _: None)
         print(f"  {name} alone: {alone[name]['final_dev']}", flush=True)
 
-    from tunelab.tasks.multitask_setup import task_scores
+    from tunelab.recipes.multitask import task_scores
 
     final = multi["final_dev"]
     shared = "one LoRA adapter" if args.adapter == "shared" else \

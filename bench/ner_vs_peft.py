@@ -48,7 +48,8 @@ def tunelab_config(args, out: Path):
 
 def score_on_test(model, cfg, splits) -> dict:
     """Entity P/R/F1 and token accuracy on the CoNLL-2003 test set: the same code for both."""
-    from tunelab.models import load_tokenizer, resolve
+    from tunelab.models import load_tokenizer
+    from tunelab.runs.resolve import resolve
     from tunelab.tasks.token_classification import TokenClassificationTask
 
     tok = load_tokenizer(resolve("minilm"))
@@ -61,8 +62,8 @@ def score_on_test(model, cfg, splits) -> dict:
 
 def child_tunelab(args, out: Path) -> dict:
     from tunelab.data.conll import load_conll_splits
-    from tunelab.runs import load_trained
-    from tunelab.train.run import train
+    from tunelab.runs.trained import load_trained
+    from tunelab.recipes.run import train
 
     cfg = tunelab_config(args, out)
     s = train(cfg, overwrite=True, log=lambda _: None)
@@ -81,7 +82,8 @@ def child_reference(args, out: Path) -> dict:
                               Trainer, TrainingArguments)
 
     from tunelab.data.conll import load_conll_splits
-    from tunelab.models import load_tokenizer, resolve
+    from tunelab.models import load_tokenizer
+    from tunelab.runs.resolve import resolve
     from tunelab.tasks.token_classification import TokenClassificationTask
 
     t_start = time.perf_counter()

@@ -51,7 +51,7 @@ def run_config(args: argparse.Namespace, out_dir: Path, packing: bool, checkpoin
 
 
 def child_tunelab(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool) -> dict:
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
 
     summary = train(run_config(args, out_dir, packing, checkpointing, out_dir.name.endswith("chunked")),
                     overwrite=True, log=lambda _: None)
@@ -66,8 +66,9 @@ def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool, checkpoint
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from tunelab.models import load_causal_lm, load_tokenizer, resolve
-    from tunelab.tasks.setup import split_records
+    from tunelab.models import load_causal_lm, load_tokenizer
+    from tunelab.runs.resolve import resolve
+    from tunelab.recipes.causal_lm import split_records
 
     cfg = run_config(args, out_dir, packing)
     train_records, _ = split_records(cfg)
@@ -100,9 +101,10 @@ def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
     import torch
 
     from tunelab.methods.peft_format import load_adapter
-    from tunelab.models import load_causal_lm, load_tokenizer, resolve
+    from tunelab.models import load_causal_lm, load_tokenizer
+    from tunelab.runs.resolve import resolve
     from tunelab.tasks.causal_lm import CausalLMTask
-    from tunelab.tasks.setup import renderer_for, split_records
+    from tunelab.recipes.causal_lm import renderer_for, split_records
 
     cfg = run_config(args, Path("/tmp/unused"), False)
     _, held = split_records(cfg)

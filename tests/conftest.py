@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
-from tunelab.models import resolve
+from tunelab.runs.resolve import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +111,7 @@ def interrupt_then_resume(tree: dict, out: Path, monkeypatch: pytest.MonkeyPatch
     """Train the config `tree` into `out`, stopped by SIGTERM after step `at`, then resumed
     to the end; returns the resumed run's summary."""
     from tunelab.config import validate
-    from tunelab.train.run import train
+    from tunelab.recipes.run import train
     from tunelab.train.signals import Interrupted
 
     tree = {**tree, "output_dir": str(out)}
@@ -130,3 +131,10 @@ def real_data_dir() -> Path:
             pytest.fail(f"real data not found at {path} (CI=true: this must not be skipped)")
         pytest.skip(f"real data not found at {path}")
     return path
+
+
+def run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """A tunelab (or torchrun) subprocess that imports this checkout's tunelab."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)

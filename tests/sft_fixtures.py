@@ -6,6 +6,10 @@ from pathlib import Path
 
 import torch
 
+# instruction -> answer pairs a tiny model can learn in a few steps
+PAIRS = [("say one", "one two three"), ("say fox", "the quick brown fox"),
+         ("say hello", "hello world"), ("say sea", "the sea and the sky")]
+
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
           "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")

@@ -167,15 +167,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from tunelab import commands
+    # Each branch imports its command when it runs: `tunelab --help` loads no torch.
+    from tunelab.commands import evaluate, info, merge_run, predict
     from tunelab.config import load_config
 
     if args.command == "config":
-        print(commands.show_config(load_config(args.config, args.overrides)), end="")
+        print(info.show_config(load_config(args.config, args.overrides)), end="")
     elif args.command == "info":
-        commands.info(load_config(args.config, args.overrides))
+        info.info(load_config(args.config, args.overrides))
     elif args.command == "train":
-        from tunelab.train.run import train
+        from tunelab.recipes.run import train
 
         train(load_config(args.config, args.overrides), resume=args.resume,
               overwrite=args.overwrite)
@@ -185,27 +186,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         meta(load_meta_config(args.config, args.overrides), overwrite=args.overwrite)
     elif args.command == "eval":
-        commands.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter,
+        evaluate.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter,
                           args.task)
     elif args.command == "predict":
-        commands.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter,
+        predict.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter,
                           args.task)
     elif args.command == "data" and args.data_command == "augment":
-        from tunelab.augment.command import materialise
+        from tunelab.commands.augment import materialise
 
         materialise(load_config(args.config, args.overrides), args.out, args.epoch)
     elif args.command == "data":
-        from tunelab.inspect_data import inspect
+        from tunelab.commands.inspect_data import inspect
 
         inspect(load_config(args.config, args.overrides), args.n,
                 colour=False if args.no_color else None)
     elif args.command == "generate":
-        from tunelab.generation import generate
+        from tunelab.commands.generate import generate
 
         generate(args.target, args.prompt, args.file, args.out, args.system, args.max_new_tokens,
                  args.temperature, args.add_adapter, args.adapter)
     elif args.command == "chat":
-        from tunelab.generation import chat
+        from tunelab.commands.generate import chat
 
         chat(args.target, args.system, args.max_new_tokens, args.temperature,
              adapters=args.add_adapter, use=args.adapter)
@@ -215,10 +216,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         report(args.run_dirs, args.out, not args.no_data, args.samples)
     elif args.command == "merge" and args.out is None:
         given = [o for o in ("weights", "density", "rank", "head", "base") if getattr(args, o) is not None]
-        commands.merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
+        merge_run.merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
                            + (["into_base"] if args.into_base else []))
     elif args.command == "merge":
-        from tunelab.merge_commands import merge_adapters
+        from tunelab.commands.merge import merge_adapters
         from tunelab.methods.merging import CombineSpec
 
         spec = CombineSpec(args.combine, args.density, args.rank, args.majority_sign, args.seed)
@@ -235,7 +236,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         tune(args.config, args.overrides, args.trials, args.cv, args.keep, args.overwrite,
              prune=not args.no_prune)
     elif args.command == "export":
-        from tunelab.export import export_run
+        from tunelab.commands.export import export_run
 
         export_run(args.run_dir, args.to, args.out)
     return 0

@@ -8,7 +8,7 @@ keeps the random batch and drops the padding instead. First-fit decreasing puts 
 examples into rows as wide as the longest one. Each example restarts its position ids, and
 a block-diagonal attention mask keeps attention inside each example, so every example's
 outputs equal its padded ones. The head then reads each example's first token where it
-lies in its row (`firsts`, used by tunelab.models.first_token).
+lies in its row (`firsts`, used by tunelab.kernels.first_token).
 """
 
 from __future__ import annotations

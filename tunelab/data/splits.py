@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from tunelab.config import DataConfig
 from tunelab.data.catalog import catalog_path, lookup
@@ -151,3 +151,15 @@ def check_labels(examples: list[Example], labels: list[str]) -> None:
         if e.label not in known:
             raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data "
                             f"(known labels: {', '.join(labels)})")
+
+
+def eval_items(cfg, data: str | None, split: str, load: Callable, read_like: Callable
+               ) -> tuple[list, str]:
+    """The examples `tunelab eval` scores and their name: the file `--data`, read like the
+    run's training data, or the run's own dev or test split."""
+    if data:
+        return read_like(cfg.data, data), data
+    splits = load(cfg.data)
+    if split == "test" and splits.test is None:
+        raise DataError("this run's data has no test file; pass --data PATH")
+    return (splits.test if split == "test" else splits.dev), split

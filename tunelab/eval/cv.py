@@ -15,10 +15,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import RunConfig
+from tunelab.data import load_splits
+from tunelab.data.conll import load_conll_splits
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.folds import Folds, grouped_folds, stratified_folds
-from tunelab.eval.metrics import HIGHER_IS_BETTER
-from tunelab.runs import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.recipes.run import train
+from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.tasks.causal_lm import CausalLMTask
+from tunelab.tasks.classification import ClassificationTask
+from tunelab.tasks.metrics import HIGHER_IS_BETTER
+from tunelab.tasks.token_classification import TokenClassificationTask
+from tunelab.tasks.translation import DecoderTranslationTask
 
 CV_FILE = "cv.json"
 LOG_FILE = "log.txt"
@@ -31,11 +38,6 @@ FoldHook = Callable[[int, list[dict[str, Any]]], None]
 
 def run_metric(cfg: RunConfig) -> str:
     """The metric a run selects by: train.metric, or its task's default."""
-    from tunelab.tasks.causal_lm import CausalLMTask
-    from tunelab.tasks.classification import ClassificationTask
-    from tunelab.tasks.token_classification import TokenClassificationTask
-    from tunelab.tasks.translation import DecoderTranslationTask
-
     defaults = {"classification": ClassificationTask, "token_classification":
                 TokenClassificationTask, "causal_lm": CausalLMTask,
                 "translation": DecoderTranslationTask}
@@ -75,13 +77,9 @@ def make_folds(cfg: RunConfig, folds: int) -> tuple[Any, Folds]:
     """(the data's splits, the folds over its training part), seeded by data.split_seed."""
     seed = cfg.data.split_seed
     if cfg.task == "classification":
-        from tunelab.data import load_splits
-
         splits = load_splits(cfg.data)
         return splits, stratified_folds([e.label for e in splits.train], folds, seed)
     if cfg.task == "token_classification":
-        from tunelab.data.conll import load_conll_splits
-
         splits = load_conll_splits(cfg.data)
         return splits, grouped_folds([s.doc for s in splits.train], folds, seed, "sentences")
     raise ConfigError(f"task {cfg.task}: cross-validation is for classification and "
@@ -102,7 +100,6 @@ def cross_validate(cfg: RunConfig, folds: int, keep: str = "adapters", overwrite
                    ) -> dict[str, Any]:
     """Train and score every fold; write OUT/cv.json and return it. `on_fold(k, results)`
     runs after each fold (a tuner reports the running mean there and may raise to stop)."""
-    from tunelab.train.run import train
 
     if keep not in KEEP:
         raise ConfigError(f"--keep {keep}: choose from {', '.join(KEEP)}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.config import validate
-from tunelab.config_tree import apply_override
+from tunelab.config.tree import apply_override
 from tunelab.errors import ConfigError
 
 RANGES = ("uniform", "log_uniform", "int", "log_int")

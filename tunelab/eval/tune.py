@@ -17,13 +17,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import SEARCH_KEY, RunConfig, dump_config, validate
-from tunelab.config_tree import read_yaml, with_overrides
+from tunelab.config.tree import read_yaml, with_overrides
 from tunelab.errors import CheckpointError, ConfigError
-from tunelab.eval.cv import LOG_FILE, cross_validate, file_log, fresh_dir, run_metric, tidy
-from tunelab.eval.metrics import HIGHER_IS_BETTER
+from tunelab.eval.cv import (
+    LOG_FILE,
+    cross_validate,
+    file_log,
+    fresh_dir,
+    make_folds,
+    run_metric,
+    tidy,
+)
 from tunelab.eval.search import Param, parse_space, with_values
-from tunelab.runs import write_json
-from tunelab.train.run import config_diff
+from tunelab.recipes.run import config_diff, train
+from tunelab.runs.layout import write_json
+from tunelab.tasks.metrics import HIGHER_IS_BETTER
 from tunelab.train.signals import Interrupted
 
 STUDY_FILE = "study.db"
@@ -58,8 +66,6 @@ def tune(path: str | Path, overrides: list[str] | None, trials: int, cv: int | N
         raise ConfigError(f"--trials {trials}: give at least 1")
     tree, cfg, space = load_search(path, overrides)
     if cv is not None:
-        from tunelab.eval.cv import make_folds
-
         make_folds(cfg, cv)  # a task or data that cannot be folded fails now, not in trial 0
     metric = run_metric(cfg)
     out = Path(cfg.output_dir)
@@ -121,8 +127,6 @@ def _finished(study: Any) -> list[Any]:
 def _objective(tree: dict[str, Any], space: list[Param], metric: str, cv: int | None, keep: str,
                out: Path, log: Callable[[str], None]) -> Callable[[Any], float]:
     import optuna
-
-    from tunelab.train.run import train
 
     def objective(trial: Any) -> float:
         values = {p.key: p.suggest(trial) for p in space}

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from tunelab.config import DataConfig, MethodConfig, ModelConfig
-from tunelab.config_messages import describe
-from tunelab.config_tree import read_yaml, with_overrides
+from tunelab.config.messages import describe
+from tunelab.config.tree import read_yaml, with_overrides
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.schema import StrictModel

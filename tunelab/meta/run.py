@@ -17,9 +17,10 @@ from tunelab.meta.config import MetaRun
 from tunelab.meta.episodes import build_pools
 from tunelab.meta.learn import meta_train
 from tunelab.methods.peft_format import save_adapter
-from tunelab.models import load_classifier, load_tokenizer, resolve
-from tunelab.runs import ADAPTER_DIR, write_json
-from tunelab.train.run import seed_everything
+from tunelab.models import load_classifier, load_tokenizer
+from tunelab.recipes.run import seed_everything
+from tunelab.runs.layout import ADAPTER_DIR, write_json
+from tunelab.runs.resolve import resolve
 
 
 def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from tunelab.methods.base import ApplyReport, Method, head_modules
+from tunelab.methods.base import ApplyReport, Method
 from tunelab.methods.registry import METHODS
+from tunelab.models.heads import head_modules
 from tunelab.schema import StrictModel
 
 

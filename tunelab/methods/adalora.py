@@ -23,9 +23,18 @@ from torch import nn
 
 from tunelab.errors import MethodError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (PEFT_PREFIX, AdapterLayer, AdapterMethod, ApplyReport,
-                                  adapter_layers, freeze_all, refuse_unsupported, report,
-                                  required, unfreeze)
+from tunelab.methods.base import (
+    PEFT_PREFIX,
+    AdapterLayer,
+    AdapterMethod,
+    ApplyReport,
+    adapter_layers,
+    freeze_all,
+    refuse_unsupported,
+    report,
+    required,
+    unfreeze,
+)
 from tunelab.methods.layer import AdaptedLinear
 from tunelab.schema import StrictModel
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from tunelab.errors import AdapterError
+from tunelab.methods.hooks import StepHook
+from tunelab.models.heads import owned_parameters
 from tunelab.schema import StrictModel
-from tunelab.train.hooks import StepHook
 
 # Task heads a sequence-classification model may carry (transformers' attribute names).
-HEAD_NAMES = ("classifier", "score")
 # PEFT names the user's model `base_model.model` inside a PeftModel; adapter keys start so.
 PEFT_PREFIX = "base_model.model."
 
@@ -136,24 +136,6 @@ def required(config: dict[str, Any], key: str, source: str) -> Any:
     if key not in config:
         raise AdapterError(f"{source}: the adapter config has no '{key}'; is the file complete?")
     return config[key]
-
-
-def head_modules(model: nn.Module) -> list[str]:
-    """Names of the task head modules at the top of a transformers task model. A masked LM's
-    head is everything beside its encoder (BERT's `cls`, RoBERTa's `lm_head`). A multitask
-    model lists its heads, one per task."""
-    if type(model).__name__.endswith("ForMaskedLM"):
-        return [n for n, _ in model.named_children() if n != model.base_model_prefix]
-    own = [n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)]
-    return own or list(getattr(model, "head_names", []))
-
-
-def owned_parameters(model: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
-    """(name inside the module, parameter) for the parameters module `name` owns. A weight tied
-    to another module (a masked LM's output layer sharing the input embeddings) is owned by the
-    module that registered it first, so an MLM head never trains or saves the embeddings."""
-    prefix = name + "."
-    return [(n[len(prefix):], p) for n, p in model.named_parameters() if n.startswith(prefix)]
 
 
 def freeze_all(model: nn.Module) -> None:

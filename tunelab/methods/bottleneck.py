@@ -23,8 +23,16 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (AdapterLayer, AdapterMethod, ApplyReport, adapter_layers,
-                                  freeze_all, report, required, unfreeze)
+from tunelab.methods.base import (
+    AdapterLayer,
+    AdapterMethod,
+    ApplyReport,
+    adapter_layers,
+    freeze_all,
+    report,
+    required,
+    unfreeze,
+)
 from tunelab.methods.layer import AdaptedLinear
 from tunelab.schema import StrictModel
 

@@ -8,8 +8,15 @@ from pydantic import Field
 from torch import nn
 
 from tunelab.errors import MethodError
-from tunelab.methods.base import (ApplyReport, Method, freeze_all, name_matches, report,
-                                  unfreeze, unfreeze_all_in)
+from tunelab.methods.base import (
+    ApplyReport,
+    Method,
+    freeze_all,
+    name_matches,
+    report,
+    unfreeze,
+    unfreeze_all_in,
+)
 from tunelab.schema import StrictModel
 
 

@@ -17,8 +17,17 @@ from torch import nn
 
 from tunelab.errors import MethodError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (PEFT_PREFIX, AdapterLayer, AdapterMethod, ApplyReport, freeze_all,
-                                  refuse_unsupported, report, required, unfreeze)
+from tunelab.methods.base import (
+    PEFT_PREFIX,
+    AdapterLayer,
+    AdapterMethod,
+    ApplyReport,
+    freeze_all,
+    refuse_unsupported,
+    report,
+    required,
+    unfreeze,
+)
 from tunelab.schema import StrictModel
 
 

@@ -28,12 +28,17 @@ from torch import nn
 
 from tunelab.errors import AdapterError, MethodError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import PEFT_PREFIX, AdapterLayer, head_modules
+from tunelab.methods.base import PEFT_PREFIX, AdapterLayer
 from tunelab.methods.layer import linear_shape
 from tunelab.methods.lora import LoraLinear, LoraMethod, LoraSlot, lora_layers, peft_lora_config
 from tunelab.methods.merging import CombineSpec, combine_factors
-from tunelab.methods.peft_format import (method_config, read_adapter_config, weights_file,
-                                         write_adapter)
+from tunelab.methods.peft_format import (
+    method_config,
+    read_adapter_config,
+    weights_file,
+    write_adapter,
+)
+from tunelab.models.heads import head_modules
 
 ATTR = "tunelab_adapters"
 

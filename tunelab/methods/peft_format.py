@@ -19,11 +19,16 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.atomic import atomic_write
 from tunelab.errors import AdapterError
+from tunelab.io import atomic_write
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, adapter_layers,
-                                  owned_parameters)
+from tunelab.methods.base import (
+    PEFT_PREFIX,
+    AdapterMethod,
+    ApplyReport,
+    adapter_layers,
+    owned_parameters,
+)
 from tunelab.methods.lora import LoraLinear
 from tunelab.methods.registry import METHODS
 from tunelab.methods.virtual import VirtualTokens

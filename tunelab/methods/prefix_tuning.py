@@ -24,9 +24,18 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.errors import MethodError
-from tunelab.methods.virtual import (InitFromTokens, PromptMethod, VirtualTokens, cache_length,
-                                     cache_shape, call_kwargs, check_positions, init_token_ids,
-                                     lr_note, prefix_mask)
+from tunelab.methods.virtual import (
+    InitFromTokens,
+    PromptMethod,
+    VirtualTokens,
+    cache_length,
+    cache_shape,
+    call_kwargs,
+    check_positions,
+    init_token_ids,
+    lr_note,
+    prefix_mask,
+)
 
 RECOMMENDED_LR = 3e-2  # MiniLM on SST-2, one short epoch: 0.733 dev accuracy (0.718 at 1e-2)
 

@@ -13,8 +13,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from tunelab.methods.virtual import (InitFromTokens, InputPrompt, PromptMethod, init_token_ids,
-                                     lr_note)
+from tunelab.methods.virtual import (
+    InitFromTokens,
+    InputPrompt,
+    PromptMethod,
+    init_token_ids,
+    lr_note,
+)
 
 PEFT_INIT = {"vocab": "SAMPLE_VOCAB", "text": "TEXT", "random": "RANDOM"}
 RECOMMENDED_LR = 1e-1  # MiniLM SST-2, one short epoch: 0.668 dev accuracy (3e-2: 0.553, 0.3: 0.575)

@@ -23,7 +23,7 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.methods.adalora import AdaLoraConfig, AdaLoraLinear, check_schedule, final_ranks
-from tunelab.train.hooks import StepHook
+from tunelab.methods.hooks import StepHook
 
 PARTS = ("lora_A", "lora_E", "lora_B")
 PLOT_FILE = "rank_pattern.png"

@@ -21,8 +21,17 @@ from torch import nn
 
 from tunelab.errors import AdapterError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (AdapterLayer, AdapterMethod, ApplyReport, adapter_layers,
-                                  freeze_all, refuse_unsupported, report, required, unfreeze)
+from tunelab.methods.base import (
+    AdapterLayer,
+    AdapterMethod,
+    ApplyReport,
+    adapter_layers,
+    freeze_all,
+    refuse_unsupported,
+    report,
+    required,
+    unfreeze,
+)
 from tunelab.methods.layer import AdaptedLinear, linear_shape
 from tunelab.schema import StrictModel
 

@@ -34,8 +34,17 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from tunelab.errors import AdapterError, MethodError
-from tunelab.methods.base import (PEFT_PREFIX, AdapterMethod, ApplyReport, freeze_all,
-                                  refuse_unsupported, report, required, unfreeze)
+from tunelab.methods.base import (
+    PEFT_PREFIX,
+    AdapterMethod,
+    ApplyReport,
+    freeze_all,
+    refuse_unsupported,
+    report,
+    required,
+    unfreeze,
+)
+from tunelab.models import load_tokenizer
 from tunelab.schema import StrictModel
 
 ATTR = "prompt_encoder"  # the encoder's attribute on the backbone (its parameters' name part)
@@ -72,7 +81,6 @@ def init_token_ids(backbone: nn.Module, cfg: InitFromTokens) -> torch.Tensor | N
         return None
     if cfg.init == "vocab":
         return torch.randint(0, backbone.get_input_embeddings().num_embeddings, (n,))
-    from tunelab.models import load_tokenizer
 
     where = getattr(backbone.config, "name_or_path", "") or ""
     if not where:

@@ -1,8 +1,16 @@
-"""Models: resolve a name to a local directory and build the task model and tokenizer."""
+"""Models: resolve a name to a local directory and build the task model and tokenizer.
 
-from tunelab.models.load import (is_encoder_decoder, load_causal_lm, load_classifier, load_seq2seq,
-                                 load_token_classifier, load_tokenizer)
-from tunelab.models.resolve import PACKAGED, resolve
+A run directory as model.name is resolved one layer up, in tunelab.runs.resolve."""
 
-__all__ = ["PACKAGED", "resolve", "load_classifier", "load_token_classifier", "load_causal_lm",
+from tunelab.models.load import (
+                                 is_encoder_decoder,
+                                 load_causal_lm,
+                                 load_classifier,
+                                 load_seq2seq,
+                                 load_token_classifier,
+                                 load_tokenizer,
+)
+from tunelab.models.resolve import PACKAGED
+
+__all__ = ["PACKAGED", "load_classifier", "load_token_classifier", "load_causal_lm",
            "load_seq2seq", "load_tokenizer", "is_encoder_decoder"]

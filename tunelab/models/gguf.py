@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.atomic import atomic_dir
 from tunelab.errors import ModelError
+from tunelab.io import atomic_dir
 
 
 def cache_root() -> Path:

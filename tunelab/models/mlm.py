@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import ModelError
-from tunelab.methods.base import head_modules, owned_parameters
+from tunelab.models.heads import head_modules, owned_parameters
 from tunelab.models.load import _config
 
 

@@ -43,10 +43,6 @@ def resolve(name: str) -> Path:
     if path.suffix.lower() == ".gguf":
         return ensure_converted(path)
     if path.exists():
-        if (path / "run.json").is_file():  # a finished tunelab run: its model, merged
-            from tunelab.models.from_run import as_base
-
-            return as_base(path)
         if not (path / "config.json").is_file():
             raise ModelError(f"model '{name}': the directory has no config.json; point model.name "
                              "at a Hugging Face model directory (config.json + weights) or a "

@@ -12,9 +12,14 @@ from typing import Any
 import torch
 
 from tunelab.config import validate
+from tunelab.data.conll import load_conll_splits
+from tunelab.data.splits import load_splits
 from tunelab.errors import DataError
+from tunelab.recipes.translation import translation_pairs
 from tunelab.report.rundata import RunFiles
-from tunelab.runs import load_trained
+from tunelab.runs.trained import load_trained
+from tunelab.tasks.classification import ClassificationTask
+from tunelab.tasks.token_classification import TokenClassificationTask
 
 
 @dataclass
@@ -52,7 +57,6 @@ def _config(run: RunFiles):
 
 def classification_stats(run: RunFiles) -> tuple[DataStats, list]:
     """Examples per label in each split, and the dev examples (for the predictions)."""
-    from tunelab.data.splits import load_splits
 
     splits = load_splits(_config(run).data)
     parts = _parts(splits)
@@ -66,8 +70,6 @@ def classification_stats(run: RunFiles) -> tuple[DataStats, list]:
 
 
 def classification_predictions(run: RunFiles, dev: list) -> ClassPredictions:
-    from tunelab.tasks.classification import ClassificationTask
-
     model, tokenizer, info = load_trained(run.dir)
     task = ClassificationTask(info["labels"], info["max_length"], tokenizer.pad_token_id)
     unknown = [e for e in dev if e.label not in task.index]
@@ -88,8 +90,6 @@ def ner_stats(run: RunFiles) -> tuple[DataStats, list]:
     """Sentences, words and entities per type in each split, and the dev sentences."""
     from seqeval.metrics.sequence_labeling import get_entities
 
-    from tunelab.data.conll import load_conll_splits
-
     splits = load_conll_splits(_config(run).data)
     parts = _parts(splits)
     types = sorted({t[2:] for t in run.info["labels"] if t != "O"})
@@ -102,10 +102,8 @@ def ner_stats(run: RunFiles) -> tuple[DataStats, list]:
 
 
 def ner_predictions(run: RunFiles, dev: list) -> TagPredictions:
-    from tunelab.ner_commands import task_for
-
     model, tokenizer, info = load_trained(run.dir)
-    task = task_for(tokenizer, info)
+    task = TokenClassificationTask.from_run_info(tokenizer, info)
     encoded = task.encode(tokenizer, dev)
     tags = task.predict(model, encoded, _config(run).train.eval_batch_size,
                         torch.device("cpu")).tags
@@ -114,7 +112,6 @@ def ner_predictions(run: RunFiles, dev: list) -> TagPredictions:
 
 def translation_stats(run: RunFiles) -> DataStats:
     """Pairs and mean words per side in each split, as the run read them (limits applied)."""
-    from tunelab.tasks.setup import translation_pairs
 
     d = _config(run).data
     names, pairs = translation_pairs(d)

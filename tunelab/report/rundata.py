@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from tunelab.errors import CheckpointError
-from tunelab.runs import RUN_INFO
+from tunelab.runs.layout import RUN_INFO
 
 
 @dataclass

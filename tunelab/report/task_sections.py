@@ -7,8 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.report.document import Para, Section, Table
+from tunelab.report.predictions import (
+    classification_predictions,
+    classification_stats,
+    ner_predictions,
+    ner_stats,
+    translation_stats,
+)
 from tunelab.report.rundata import RunFiles
 from tunelab.report.sections import final_dev
+from tunelab.tasks.metrics import classification_metrics, confusion
+from tunelab.tasks.translation import translation_scores
 
 NO_DATA = ("Not computed: the report was built with --no-data (from the run's files alone). "
            "Without it, `tunelab report` reloads the saved run and predicts its dev split.")
@@ -32,9 +41,6 @@ def classification(run: RunFiles, use_data: bool, n: int) -> list[Section]:
     if not use_data or _no_weights(run):
         return [Section("Dev predictions", [Para(_no_weights(run) if use_data else NO_DATA)])]
     from sklearn.metrics import precision_recall_fscore_support
-
-    from tunelab.eval.metrics import classification_metrics, confusion
-    from tunelab.report.predictions import classification_predictions, classification_stats
 
     stats, dev = classification_stats(run)
     p = classification_predictions(run, dev)
@@ -100,7 +106,6 @@ def ner(run: RunFiles, use_data: bool, n: int) -> list[Section]:
     if not use_data or _no_weights(run):
         why = _no_weights(run) if use_data else NO_DATA
         return out + [Section("Sample predictions", [Para(why)])]
-    from tunelab.report.predictions import ner_predictions, ner_stats
 
     stats, dev = ner_stats(run)
     p = ner_predictions(run, dev)
@@ -148,12 +153,8 @@ def causal_lm(run: RunFiles, use_data: bool, n: int) -> list[Section]:
 def translation(run: RunFiles, use_data: bool, n: int) -> list[Section]:
     import sacrebleu
 
-    from tunelab.tasks.translation import translation_scores
-
     rows = run.translations()
     if use_data:
-        from tunelab.report.predictions import translation_stats
-
         out = [Section("Data", _stats_blocks(translation_stats(run)))]
     else:
         d, s = run.config.get("data") or {}, run.summary or {}

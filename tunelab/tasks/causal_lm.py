@@ -20,7 +20,7 @@ from torch import nn
 from tunelab.data.batching import plan_batches
 from tunelab.data.render import IGNORE, LMEncoded, Renderer
 from tunelab.data.sft import Conversation
-from tunelab.tasks.chunked_ce import chunked_linear_cross_entropy
+from tunelab.kernels.chunked_ce import chunked_linear_cross_entropy
 
 
 def pad_batch(data: LMEncoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +13,8 @@ from torch import nn
 from tunelab.data.batching import Encoded, collate, encode, plan_batches
 from tunelab.data.packing import pack
 from tunelab.data.readers import Example
-from tunelab.eval.metrics import classification_metrics
-from tunelab.models.first_token import first_token_only
+from tunelab.kernels.first_token import first_token_only
+from tunelab.tasks.metrics import classification_metrics
 
 
 @dataclass
@@ -38,6 +39,11 @@ class ClassificationTask:
         # training batches random and packed into rows (tunelab.data.packing), not padded:
         # the run turns it on when the model can read them (first_token.packing_blocker)
         self.packing = False
+
+    @classmethod
+    def from_run_info(cls, tokenizer, info: dict[str, Any]) -> "ClassificationTask":
+        """The task of a trained run, from its run.json."""
+        return cls(info["labels"], info["max_length"], tokenizer.pad_token_id)
 
     def encode(self, tokenizer, examples: list[Example]) -> Encoded:
         pairs = [e.text_pair or "" for e in examples] if examples[0].text_pair is not None else None

@@ -16,7 +16,7 @@ from torch import nn
 
 from tunelab.data.batching import plan_batches
 from tunelab.data.masking import IGNORE, Masker, MLMEncoded
-from tunelab.methods.base import head_modules
+from tunelab.models.heads import head_modules
 
 EVAL_KEY = "eval"  # held-out masks: the same in every evaluation and every run
 

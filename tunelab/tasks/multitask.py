@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from tunelab.data.task_sampling import TaskSchedule
-from tunelab.methods.base import head_modules
+from tunelab.models.heads import head_modules
 
 
 class MultiTaskModel(nn.Module):

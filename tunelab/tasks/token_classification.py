@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,14 @@ from torch import nn
 
 from tunelab.data.batching import plan_batches
 from tunelab.data.conll import Sentence
-from tunelab.data.subwords import IGNORE, TokenEncoded, collate_tokens, encode_words, word_predictions
-from tunelab.eval.metrics import ner_metrics
+from tunelab.data.subwords import (
+    IGNORE,
+    TokenEncoded,
+    collate_tokens,
+    encode_words,
+    word_predictions,
+)
+from tunelab.tasks.metrics import ner_metrics
 
 
 @dataclass
@@ -46,6 +53,12 @@ class TokenClassificationTask:
         self.max_length = max_length
         self.pad_id = pad_id
         self.label_all = label_all_subtokens
+
+    @classmethod
+    def from_run_info(cls, tokenizer, info: dict[str, Any]) -> "TokenClassificationTask":
+        """The task of a trained run, from its run.json."""
+        return cls(info["labels"], info["max_length"], tokenizer.pad_token_id,
+                   info.get("label_all_subtokens", False))
 
     def encode(self, tokenizer, sentences: list[Sentence]) -> TokenEncoded:
         return encode_words(tokenizer, [list(s.words) for s in sentences],

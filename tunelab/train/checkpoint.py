@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunelab.atomic import atomic_dir
 from tunelab.errors import CheckpointError
+from tunelab.io import atomic_dir
 from tunelab.train.fsdp import copy_into, load_optimizer_state
 
 WEIGHTS = "trainable.safetensors"

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from tunelab.train.fsdp import shard
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -80,8 +82,6 @@ def wrap(model: nn.Module, task: Any, dist: Dist, strategy: str = "ddp") -> nn.M
     if not dist.active:
         return module
     if strategy == "fsdp":
-        from tunelab.train.fsdp import shard
-
         return shard(module, model)
     ids = [dist.local_rank] if torch.cuda.is_available() else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)

@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 from tunelab.config import TrainConfig
 from tunelab.data.batching import Encoded, plan_batches
 from tunelab.errors import ConfigError
-from tunelab.eval.metrics import HIGHER_IS_BETTER
+from tunelab.kernels.dropout_attention import use_dropout_attention
+from tunelab.kernels.fast_dropout import use_fast_dropout
+from tunelab.methods.hooks import StepHook
+from tunelab.tasks.metrics import HIGHER_IS_BETTER
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import fsdp
 from tunelab.train.distributed import Dist, wrap
-from tunelab.train.dropout_attention import use_dropout_attention
-from tunelab.train.fast_dropout import use_fast_dropout
-from tunelab.train.hooks import StepHook
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.signals import Interrupted, stop_on_signals
 

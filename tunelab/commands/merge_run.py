@@ -1,0 +1,37 @@
+"""`tunelab merge RUN_DIR OUT`: fold one run's adapter into its base as a plain transformers model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.errors import AdapterError
+from tunelab.methods.peft_format import merge as merge_layers
+from tunelab.runs.trained import load_trained
+
+
+def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
+    """`tunelab merge RUN_DIR OUT` (no --out): fold one run's adapter into its base."""
+    if options:
+        raise AdapterError(f"merge: --{options[0].replace('_', '-')} combines adapters; name the "
+                           "output with --out OUT (merge A B ... --out OUT)")
+    if len(args) != 2:
+        raise AdapterError(f"merge: give RUN_DIR OUT, or several adapters with --out OUT (got "
+                           f"{len(args)} paths and no --out)")
+    if any((args[1] / f).is_file() for f in ("run.json", "adapter_config.json")):
+        raise AdapterError(f"merge: {args[1]} holds a run or an adapter; to combine adapters, "
+                           "write the output with --out OUT")
+    return merge(*args)
+
+
+def merge(run_dir: Path, out: Path) -> Path:
+    model, tokenizer, info = load_trained(run_dir)
+    n = merge_layers(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    auto = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
+            "token_classification": "AutoModelForTokenClassification",
+            "masked_lm": "AutoModelForMaskedLM"}.get(
+        info.get("route", info["task"]), "AutoModelForSequenceClassification")
+    print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
+          f"transformers.{auto}.from_pretrained)")
+    return out

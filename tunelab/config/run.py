@@ -1,0 +1,261 @@
+"""RunConfig and its parts, and load_config(yaml, overrides): one validated object per run.
+
+Everything a run needs is checked here, before any weights load. Errors name the dotted
+key at fault and, for unknown keys, the closest valid one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from tunelab.config.messages import describe
+from tunelab.config.sections import (
+    ConllDataConfig,
+    DataConfig,
+    Generation,
+    MaskedLMDataConfig,
+    MethodConfig,
+    ModelConfig,
+    SftDataConfig,
+    TrainConfig,
+    TranslationDataConfig,
+)
+from tunelab.config.tree import read_yaml, with_overrides
+from tunelab.errors import ConfigError
+from tunelab.methods.registry import METHODS
+from tunelab.schema import StrictModel
+
+
+class _RunBase(StrictModel):
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].config_cls())
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/run"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_method_name(cls, data: Any) -> Any:
+        """`method:` without a name means LoRA, the default method."""
+        if isinstance(data, dict) and isinstance(data.get("method"), dict) \
+                and "name" not in data["method"]:
+            data = {**data, "method": {"name": "lora", **data["method"]}}
+        return data
+
+    @field_validator("output_dir")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _method_fits_run(self) -> "_RunBase":
+        METHODS[self.method.name].check_run(self)
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_eval(self) -> "_RunBase":
+        if self.train.early_stopping is not None and self.train.eval_every is None:
+            raise ValueError("train.early_stopping needs train.eval_every (evaluate every N steps)")
+        return self
+
+
+class ClassificationRun(_RunBase):
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+
+    @model_validator(mode="after")
+    def _no_loss_chunks(self) -> "ClassificationRun":
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm runs have a vocabulary-sized "
+                             "output layer to chunk; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits(self) -> "ClassificationRun":
+        if self.train.metric in ("f1", "token_accuracy"):
+            raise ValueError(f"train.metric: {self.train.metric} scores token classification; "
+                             "classification runs use accuracy, macro_f1 or loss")
+        return self
+
+
+class TokenClassificationRun(_RunBase):
+    task: Literal["token_classification"] = "token_classification"
+    data: ConllDataConfig
+
+    @model_validator(mode="after")
+    def _no_loss_chunks(self) -> "TokenClassificationRun":
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm and translation runs have a "
+                             "vocabulary-sized output layer to chunk; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_fits(self) -> "TokenClassificationRun":
+        if self.train.metric in ("accuracy", "macro_f1"):
+            raise ValueError(f"train.metric: {self.train.metric} scores sequence classification; "
+                             "token_classification runs use f1 (entity-level), token_accuracy "
+                             "or loss")
+        return self
+
+
+class CausalLMRun(_RunBase):
+    task: Literal["causal_lm"] = "causal_lm"
+    data: SftDataConfig
+
+    @model_validator(mode="after")
+    def _metric_is_loss(self) -> "CausalLMRun":
+        if self.train.metric not in (None, "loss"):
+            raise ValueError(f"train.metric: causal_lm runs are scored by held-out loss, not "
+                             f"{self.train.metric}; remove train.metric or set it to loss")
+        return self
+
+
+class TranslationRun(_RunBase):
+    task: Literal["translation"] = "translation"
+    data: TranslationDataConfig = TranslationDataConfig()
+    generation: Generation = Generation()
+
+    @model_validator(mode="after")
+    def _metric_is_loss(self) -> "TranslationRun":
+        if self.train.metric not in (None, "loss"):
+            raise ValueError(f"train.metric: translation runs select by held-out loss (BLEU and "
+                             f"chrF are scored on the test split at the end), not "
+                             f"{self.train.metric}; remove train.metric")
+        return self
+
+
+class MaskedLMRun(_RunBase):
+    task: Literal["masked_lm"] = "masked_lm"
+    data: MaskedLMDataConfig
+
+    @model_validator(mode="after")
+    def _metric_is_loss(self) -> "MaskedLMRun":
+        if self.train.metric not in (None, "loss"):
+            raise ValueError(f"train.metric: masked_lm runs are scored by held-out masked-token "
+                             f"loss, not {self.train.metric}; remove train.metric or set it to loss")
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: masked_lm runs project only the masked "
+                             "tokens onto the vocabulary already; remove it")
+        return self
+
+
+SEARCH_KEY = "search"  # a top-level section of hyperparameter ranges for `tunelab tune`
+
+
+class ClassificationPart(StrictModel):
+    """One sequence-classification task of a multitask run."""
+
+    task: Literal["classification"] = "classification"
+    data: DataConfig
+
+
+class TokenClassificationPart(StrictModel):
+    """One token-classification (NER) task of a multitask run."""
+
+    task: Literal["token_classification"] = "token_classification"
+    data: ConllDataConfig
+
+
+TaskPart = Annotated[Union[ClassificationPart, TokenClassificationPart],
+                     Field(discriminator="task")]
+
+
+class MultiTaskRun(_RunBase):
+    """One shared encoder (and adapter), one head per task; each batch comes from one task."""
+
+    task: Literal["multitask"] = "multitask"
+    tasks: dict[str, TaskPart]
+    # proportional: each task's batches in proportion to its examples (one pass per epoch);
+    # temperature: in proportion to examples ** (1 / temperature); round_robin: equal, in turn
+    sampling: Literal["proportional", "temperature", "round_robin"] = "proportional"
+    temperature: float = Field(2.0, gt=0.0)
+    # shared: one encoder and one adapter for all tasks; per_task: one frozen base, an adapter each
+    adapter: Literal["shared", "per_task"] = "shared"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_part_task(cls, data: Any) -> Any:
+        """A task without `task:` is a classification task."""
+        if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+            data = {**data, "tasks": {k: {"task": "classification", **v} if isinstance(v, dict)
+                                      and "task" not in v else v
+                                      for k, v in data["tasks"].items()}}
+        return data
+
+    @model_validator(mode="after")
+    def _checks(self) -> "MultiTaskRun":
+        if len(self.tasks) < 2:
+            raise ValueError(f"tasks: a multitask run needs at least two tasks (got "
+                             f"{len(self.tasks)}); train a single task with task: classification "
+                             "or token_classification")
+        bad = [k for k in self.tasks if not re.fullmatch(r"[A-Za-z0-9_-]+", k)]
+        if bad:
+            raise ValueError(f"tasks.{bad[0]}: task names become directory names; use letters, "
+                             "digits, _ and - only")
+        if "temperature" in self.model_fields_set and self.sampling != "temperature":
+            raise ValueError(f"temperature: only sampling: temperature uses it (sampling is "
+                             f"{self.sampling}); remove it or set sampling: temperature")
+        pissa = getattr(self.method, "init", None) == "pissa"
+        if self.adapter == "per_task" and (pissa or not METHODS[self.method.name].saves_adapter):
+            what = f"{self.method.name} with init: pissa" if pissa else self.method.name
+            raise ValueError(f"adapter: per_task needs an adapter method that leaves the shared "
+                             f"base weights frozen; {what} changes them; use adapter: shared")
+        if self.train.metric is not None:
+            raise ValueError("train.metric: a multitask run selects by the mean of its tasks' "
+                             "metrics (accuracy; entity F1 for token classification); remove it")
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm and translation runs have a "
+                             "vocabulary-sized output layer to chunk; remove it")
+        packed = [k for k, part in self.tasks.items() if getattr(part.data, "packing", None)
+                  is not None]
+        if packed:
+            raise ValueError(f"tasks.{packed[0]}.data.packing: multitask batches are not "
+                             "packed (each is padded, from one task); remove it")
+        if self.train.distributed == "fsdp" or self.train.gradient_checkpointing \
+                or self.train.compile:
+            raise ValueError("train.distributed: fsdp, train.gradient_checkpointing and "
+                             "train.compile are not supported for multitask runs yet; remove them")
+        return self
+
+
+RunConfig = (ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun
+             | MaskedLMRun | MultiTaskRun)
+RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassificationRun,
+                             TranslationRun, MaskedLMRun, MultiTaskRun], Field(discriminator="task")]
+_ADAPTER = TypeAdapter(RUN_CONFIG)
+TASKS = ("classification", "causal_lm", "token_classification", "translation", "masked_lm",
+         "multitask")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Read YAML (or start from `base`), apply overrides, validate; raise ConfigError once."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        tree = read_yaml(path)
+    tree.pop(SEARCH_KEY, None)  # `tunelab tune` reads it; every other command runs the config as is
+    with_overrides(tree, overrides)
+    return validate(tree, source=str(path) if path else "config")
+
+
+def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    if isinstance(tree, dict) and "task" not in tree:
+        tree = {"task": "classification", **tree}
+    try:
+        return _ADAPTER.validate_python(tree)
+    except ValidationError as exc:
+        lines = [describe(err, RUN_CONFIG, TASKS) for err in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(dict.fromkeys(lines))) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,1 @@
+"""Speed kernels, each exactly equal to the plain computation and tested against it."""

@@ -1,0 +1,1 @@
+"""Build data, model, method and run directory for one task, and run it end to end."""

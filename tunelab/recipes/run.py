@@ -1,0 +1,230 @@
+"""One run, start to finish: config -> data -> model -> method -> loop -> saved artifacts."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from tunelab import methods
+from tunelab.config import RunConfig, dump_config
+from tunelab.errors import CheckpointError, ConfigError
+from tunelab.kernels.first_token import packing_blocker
+from tunelab.methods.peft_format import init_from_adapter, save_adapter
+from tunelab.recipes.multitask import save_task_runs
+from tunelab.recipes.setup import setup
+from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.runs.trained import run_chain
+from tunelab.tasks.classification import ClassificationTask
+from tunelab.train import checkpoint as ckpt
+from tunelab.train import distributed, fsdp
+from tunelab.train.distributed import Dist
+from tunelab.train.loop import METRICS_FILE, Trainer
+from tunelab.train.plots import plot_history, summary_lines
+
+# Keys that may differ between an interrupted run and its resumption (they do not change
+# what is computed, only how often it is logged or saved).
+RESUME_FREE_KEYS = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                    "output_dir"}  # a run directory may be moved or copied
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(choice: str, dist: Dist = Dist()) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
+    if choice in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", dist.local_rank)
+    return torch.device("cpu")
+
+
+def prepare_output(cfg: RunConfig, resume: bool, overwrite: bool, dist: Dist = Dist()) -> Path:
+    """Refuse to mix runs: an old run is continued (--resume) or replaced (--overwrite).
+    Every rank checks; then rank 0 alone changes the directory."""
+    run_dir = Path(cfg.output_dir)
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise CheckpointError(f"--resume: {run_dir} holds no earlier run (no config.yaml)")
+        diffs = config_diff(yaml.safe_load(saved.read_text()), cfg.model_dump(mode="json"))
+        diffs = [d for d in diffs if d.split(":")[0] not in RESUME_FREE_KEYS]
+        if diffs:
+            raise CheckpointError(f"--resume: the config differs from the run in {run_dir}: "
+                                  + "; ".join(diffs[:5]) + "; resume with the same config or "
+                                  "train into a new output_dir")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"output_dir {run_dir} already holds a run; pass --resume to "
+                              "continue it, --overwrite to replace it, or set output_dir")
+    dist.barrier()  # every rank has checked before rank 0 changes anything
+    if dist.main:
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return run_dir
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = print, *, splits: Any = None,
+          on_eval: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train one validated config. `splits` replaces the data the config names (a
+    cross-validation fold: classification and token classification); `on_eval` sees every
+    dev evaluation and may raise to stop the run (a tuner pruning a trial)."""
+    t_start = time.perf_counter()
+    dist = distributed.init()
+    if not dist.main:
+        log = _quiet  # rank 0 reports for all
+    device = pick_device(cfg.train.device, dist)
+    seed_everything(cfg.train.seed)
+    s = setup(cfg, log, splits)  # data first: errors before weights load
+    report = methods.apply(s.model, cfg.method)
+    for line in report.lines():
+        log(line)
+    if cfg.model.init_adapter:
+        init_from_adapter(s.model, cfg.model.init_adapter, cfg.method.name)
+        log(f"adapter and head weights start from {cfg.model.init_adapter}")
+    choose_batches(cfg, s.task, s.model, log)
+    run_dir = prepare_output(cfg, resume, overwrite, dist)
+    if dist.main:
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    s.model.to(device)
+    method_cls = methods.METHODS[cfg.method.name]
+    artifact = ADAPTER_DIR if method_cls.saves_adapter else MODEL_DIR
+    if dist.main:
+        write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
+                                          "model_name": cfg.model.name,
+                                          "method": cfg.method.name, "artifact": artifact,
+                                          "max_length": cfg.model.max_length, "world_size": dist.world,
+                                          **run_chain(cfg.model.name), **s.info})
+
+    trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
+                      lr_scales=report.lr_scales, on_eval=on_eval,
+                      hook=report.hook)
+    start = trainer.resume() if resume else 0
+    log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
+        f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
+        f"{trainer.precision}" + (f", {dist.world} processes ({cfg.train.distributed.upper()})"
+                                 if dist.active else "")
+        + "".join(f", {name}" for name, on in (
+            ("gradient checkpointing", getattr(s.model, "is_gradient_checkpointing", False)),
+            ("torch.compile", hasattr(trainer.forward, "_orig_mod"))) if on))
+    test_before = _test_before(s, trainer, run_dir, start, device, dist, log)
+    result = trainer.fit(start)
+
+    restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
+    final = trainer.evaluate() if restored else result.last_eval
+    test = None
+    if test_before is not None:
+        log("scoring the test split after training ...")
+        test, hyps = trainer.inside(lambda m: s.task.test_scores(m, device))
+        if dist.main:
+            _write_translations(run_dir / "test_translations.jsonl", s.task.test, hyps)
+    # FSDP: every rank gathers the shards, rank 0 writes them whole
+    whole = fsdp.model_state(s.model) if trainer.fsdp and not method_cls.saves_adapter else None
+    with trainer.gathered():
+        if dist.main:
+            out = _save_artifact(s, cfg, report, method_cls.saves_adapter, run_dir, whole,
+                                 final)
+    if not dist.main:
+        dist.barrier()  # wait for rank 0 to finish writing, then leave
+        return {"rank": dist.rank, "final_dev": final}
+    plot = plot_history(result.history, trainer.metric, run_dir / "plot.png")
+    scores = _scores(final)
+    summary = {"task": cfg.task, "metric": trainer.metric, "best": result.best,
+               "steps": result.steps, "total_steps": result.total_steps,
+               "stopped_early": result.stopped_early, "initial_dev": _scores(trainer.initial_eval),
+               "final_dev": scores, "dev_examples": len(s.dev), "restored_best": bool(restored),
+               **({"test_before": test_before, "test": test} if test is not None else {}),
+               "train_seconds": result.seconds, "wall_seconds": time.perf_counter() - t_start,
+               "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+               "precision": trainer.precision, "trainable": report.trainable, "total": report.total,
+               "artifact_kind": "adapter" if method_cls.saves_adapter else "model",
+               "artifact": str(out), "metrics_file": str(run_dir / METRICS_FILE),
+               "plot": str(plot) if plot else None, "checkpoints": str(run_dir / "checkpoints"),
+               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]),
+               **trainer.hook.finish(run_dir, log)}
+    write_json(run_dir / "summary.json", summary)
+    for line in summary_lines(summary):
+        log(line)
+    dist.barrier()
+    return summary
+
+
+def choose_batches(cfg: RunConfig, task: Any, model: torch.nn.Module,
+                   log: Callable[[str], None]) -> None:
+    """Packed or padded classification batches (data.packing: None packs where the model
+    reads packed rows, true insists, false never); other tasks choose in their own setup."""
+    if not isinstance(task, ClassificationTask):
+        return
+    asked = cfg.data.packing
+    why = packing_blocker(model, cfg.train.gradient_checkpointing) if asked is not False else None
+    if asked and why:
+        raise ConfigError(f"data.packing: true, but {why}; set data.packing: false "
+                          "(padded batches)")
+    task.packing = asked is not False and why is None
+    log("batches: random, packed into rows (no padding)" if task.packing else
+        "batches: " + ("sorted by length" if cfg.train.bucket_by_length else "random")
+        + ", padded" + (f" (not packed: {why})" if why else ""))
+
+
+def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: Path,
+                   state: dict[str, torch.Tensor] | None, final: dict[str, Any]) -> Path:
+    if cfg.task == "multitask":  # one sub-run per task
+
+        return save_task_runs(s, cfg, adapter, run_dir, final)
+    if adapter:
+        return save_adapter(s.model, cfg.method, report.head, str(s.model_path),
+                            run_dir / ADAPTER_DIR, task=s.info.get("route", cfg.task))
+    out = run_dir / MODEL_DIR
+    s.model.save_pretrained(out, state_dict=state)  # state: given under FSDP
+    s.tokenizer.save_pretrained(out)
+    return out
+
+
+def _test_before(s: Any, trainer: Trainer, run_dir: Path, start: int, device: torch.device,
+                 dist: Dist, log: Callable[[str], None]) -> dict[str, float] | None:
+    """Tasks scored by generation on a test split (translation) are scored before training
+    too; a resumed run reads the score its first start wrote."""
+    if not hasattr(s.task, "test_scores"):
+        return None
+    path = run_dir / "test_before.json"
+    if start > 0 and path.is_file():
+        return json.loads(path.read_text())
+    log(f"scoring the test split ({len(s.task.test)} examples) before training ...")
+    scores, _ = trainer.inside(lambda m: s.task.test_scores(m, device))
+    if dist.main:
+        write_json(path, scores)
+    return scores
+
+
+def _write_translations(path: Path, pairs: list, hyps: list[str]) -> None:
+    rows = [{"source": p.source, "reference": p.target, "hypothesis": h}
+            for p, h in zip(pairs, hyps)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _scores(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if record is None else {k: v for k, v in record.items() if k not in ("step", "split")}
