@@ -317,7 +317,7 @@ def translation_runs(tmp_path_factory):
 
 
 def test_back_translation_adds_one_paraphrase_per_example_through_two_runs(translation_runs):
-    from tunelab.recipes.backtranslate import BackTranslator
+    from tunelab.recipes.backtranslate import BackTranslator, paraphraser
     from tunelab.data.augment.epochs import back_translations
 
     there, back, english = translation_runs
@@ -329,7 +329,7 @@ def test_back_translation_adds_one_paraphrase_per_example_through_two_runs(trans
     examples = [Example(t, None, label, f"f:{i}") for i, (t, label) in
                 enumerate(zip(english, ["pos", "neg", "pos", "neg"]))]
     logs: list[str] = []
-    rows = back_translations(cfg, examples, logs.append)
+    rows = back_translations(examples, paraphraser(cfg), logs.append)
     # a paraphrase equal to its original ("one two three") is not a new example
     assert all(r.example.text != examples[r.origin].text for r in rows)
     assert all(r.example.label == examples[r.origin].label and r.source == "back_translation"

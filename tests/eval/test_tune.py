@@ -228,20 +228,20 @@ def test_an_interrupted_trial_is_not_counted_and_reruns(tiny_model_dir, tiny_dat
                                                         monkeypatch):
     import optuna
 
-    from tunelab.recipes import run as run_mod
+    from tunelab.eval import tune as tune_mod  # the module that calls train
     from tunelab.train.signals import Interrupted
 
     tree = tiny_config(tiny_model_dir, tiny_data, tmp_path / "study", max_steps=3, eval_every=None)
     path = write_config(tmp_path / "tune.yaml", tree, {"train.lr": {"uniform": [1e-3, 1e-2]}})
-    real_train = run_mod.train
+    real_train = tune_mod.train
 
     def interrupted(*args, **kwargs):
         raise Interrupted("SIGINT at step 2/3: checkpoint saved; continue with --resume")
 
-    monkeypatch.setattr(run_mod, "train", interrupted)
+    monkeypatch.setattr(tune_mod, "train", interrupted)
     with pytest.raises(Interrupted, match="trial 0: SIGINT at step 2/3.*run the same tune command"):
         tune(path, None, 2, log=quiet)
-    monkeypatch.setattr(run_mod, "train", real_train)
+    monkeypatch.setattr(tune_mod, "train", real_train)
     lines: list[str] = []
     tune(path, None, 2, log=lines.append)
     assert lines[0].startswith(f"study {tmp_path / 'study' / 'study.db'}: 0 finished trial(s), "

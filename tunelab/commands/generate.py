@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tunelab.data.readers import json_lines
 from tunelab.errors import AdapterError, DataError, ModelError
 from tunelab.methods.multi_adapter import set_adapter
 from tunelab.models import load_causal_lm, load_tokenizer
-from tunelab.runs.layout import RUN_INFO
+from tunelab.runs.layout import RUN_INFO, load_run_config
 from tunelab.runs.named_adapters import attach, load_run
 from tunelab.runs.resolve import resolve
 from tunelab.tasks.causal_lm import generate_text
@@ -29,7 +28,7 @@ def load_generator(target: str, adapters: list[str] | None = None,
         model, tokenizer, info = load_run(path, adapters, use)
         if info["task"] != "causal_lm":
             raise ModelError(f"{target}: a {info['task']} run cannot generate text; use predict")
-        template = yaml.safe_load((path / "config.yaml").read_text())["data"].get("template")
+        template = load_run_config(path).data.template
         if template:  # the same template the run trained with
             tokenizer.chat_template = Path(template).expanduser().read_text(encoding="utf-8")
         return model, tokenizer

@@ -27,15 +27,13 @@ from tunelab.methods.multi_adapter import (
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.methods.peft_format import read_adapter_config
 from tunelab.models import load_causal_lm, load_seq2seq, load_tokenizer
+from tunelab.models.load import AUTO_CLASSES
 from tunelab.runs.layout import ADAPTER_DIR, RUN_INFO, write_json
 from tunelab.runs.named_adapters import adapter_name, source_adapter
 from tunelab.runs.resolve import resolve
 from tunelab.runs.trained import load_run_base
 
 MERGED = "merged"
-AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
-                "token_classification": "AutoModelForTokenClassification",
-                "classification": "AutoModelForSequenceClassification"}
 
 
 def merge_adapters(sources: list[Path], out: Path, weights: list[float] | None, spec: CombineSpec,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tunelab.errors import AdapterError
 from tunelab.methods.peft_format import merge as merge_layers
+from tunelab.models.load import AUTO_CLASSES
 from tunelab.runs.trained import load_trained
 
 
@@ -28,10 +29,7 @@ def merge(run_dir: Path, out: Path) -> Path:
     n = merge_layers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    auto = {"causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
-            "token_classification": "AutoModelForTokenClassification",
-            "masked_lm": "AutoModelForMaskedLM"}.get(
-        info.get("route", info["task"]), "AutoModelForSequenceClassification")
+    auto = AUTO_CLASSES.get(info.get("route", info["task"]), "AutoModel")
     print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
           f"transformers.{auto}.from_pretrained)")
     return out

@@ -224,13 +224,13 @@ class MultiTaskRun(_RunBase):
         return self
 
 
-RunConfig = (ClassificationRun | CausalLMRun | TokenClassificationRun | TranslationRun
-             | MaskedLMRun | MultiTaskRun)
-RUN_CONFIG = Annotated[Union[ClassificationRun, CausalLMRun, TokenClassificationRun,
-                             TranslationRun, MaskedLMRun, MultiTaskRun], Field(discriminator="task")]
+# The run types, once: the union, the tagged union pydantic validates, and the task names.
+RUN_TYPES = (ClassificationRun, CausalLMRun, TokenClassificationRun, TranslationRun, MaskedLMRun,
+             MultiTaskRun)
+RunConfig = Union[RUN_TYPES]  # type: ignore[valid-type]
+RUN_CONFIG = Annotated[RunConfig, Field(discriminator="task")]
 _ADAPTER = TypeAdapter(RUN_CONFIG)
-TASKS = ("classification", "causal_lm", "token_classification", "translation", "masked_lm",
-         "multitask")
+TASKS = tuple(t.model_fields["task"].default for t in RUN_TYPES)
 
 
 # ----------------------------------------------------------------------------- loading

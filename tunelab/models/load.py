@@ -12,6 +12,13 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifi
                 "dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop",
                 "attn_pdrop", "summary_first_dropout")
 
+# The transformers auto class that loads a merged run's checkpoint, by task (or route:
+# seq2seq translation runs). One table: merge and export name the class from it.
+AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification",
+                "token_classification": "AutoModelForTokenClassification",
+                "causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
+                "masked_lm": "AutoModelForMaskedLM"}
+
 
 def load_tokenizer(path: Path) -> Any:
     """The model's tokenizer; one without a pad token (GPT-2, Llama) pads with its EOS, and the

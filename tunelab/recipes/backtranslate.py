@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
-from tunelab.config import Generation, TranslationRun, validate
+from tunelab.config import Generation, TranslationRun
 from tunelab.config.augment import AugmentConfig, BackTranslation
 from tunelab.data.augment.epochs import Paraphrase
 from tunelab.errors import ConfigError
 from tunelab.recipes.translation import translator
+from tunelab.runs.layout import load_run_config
 from tunelab.runs.trained import load_trained
 
 
@@ -29,8 +29,7 @@ def load_translation_run(run_dir: str, key: str) -> tuple[Any, Any, Any, bool]:
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"{key}: {path} is not a tunelab run directory (no config.yaml); give "
                           "the output_dir of a `tunelab train` translation run")
-    cfg = validate(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")),
-                   str(path / "config.yaml"))
+    cfg = load_run_config(path)
     if not isinstance(cfg, TranslationRun):
         raise ConfigError(f"{key}: {path} is a {cfg.task} run; back-translation needs a "
                           "translation run (task: translation)")

@@ -146,7 +146,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if not dist.main:
         dist.barrier()  # wait for rank 0 to finish writing, then leave
         return {"rank": dist.rank, "final_dev": final}
-    plot = plot_history(result.history, trainer.metric, run_dir / "plot.png")
+    plot = plot_history(result.history, run_dir / "plot.png")
     scores = _scores(final)
     summary = {"task": cfg.task, "metric": trainer.metric, "best": result.best,
                "steps": result.steps, "total_steps": result.total_steps,

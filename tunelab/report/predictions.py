@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from tunelab.config import validate
+from tunelab.config import RunConfig
 from tunelab.data.conll import load_conll_splits
 from tunelab.data.splits import load_splits
 from tunelab.errors import DataError
 from tunelab.recipes.translation import translation_pairs
 from tunelab.report.rundata import RunFiles
+from tunelab.runs.layout import load_run_config
 from tunelab.runs.trained import load_trained
 from tunelab.tasks.classification import ClassificationTask
 from tunelab.tasks.token_classification import TokenClassificationTask
@@ -51,8 +52,8 @@ def _parts(splits: Any) -> dict[str, list]:
     return parts | ({"test": splits.test} if splits.test else {})
 
 
-def _config(run: RunFiles):
-    return validate(run.config, str(run.dir / "config.yaml"))
+def _config(run: RunFiles) -> RunConfig:
+    return load_run_config(run.dir)
 
 
 def classification_stats(run: RunFiles) -> tuple[DataStats, list]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.report.document import Code, Figure, Para, Section, Table
-from tunelab.report.plots import DEV_SCORES, run_curves
+from tunelab.report.plots import run_curves
+from tunelab.train.plots import DEV_SCORES
 from tunelab.report.rundata import RunFiles
 
 SKIP = {"step", "split", "tokens", "per_type"}  # record keys that are not scores

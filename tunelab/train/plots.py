@@ -2,37 +2,62 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 
-def plot_history(history: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
-    """Train/eval loss against step (left) and the eval metric (right)."""
-    import matplotlib
+# Dev scores drawn beside the loss, in this order, when a run logged them.
+DEV_SCORES = ["accuracy", "macro_f1", "f1", "precision", "recall", "token_accuracy", "perplexity"]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def panel(ax: Any, ylabel: str) -> None:
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def run_curves(history: list[dict[str, Any]]) -> bytes | None:
+    """Train and dev loss (left), dev scores (middle), learning rate (right), as PNG bytes.
+    matplotlib's object API (no pyplot): nothing global changes and no display is needed."""
+    from matplotlib.figure import Figure  # deferred: matplotlib costs a second at start-up
 
     train = [r for r in history if "train_loss" in r]
-    evals = [r for r in history if r.get("split") == "dev"]
-    if not train and not evals:
+    dev = [r for r in history if r.get("split") == "dev"]
+    if not train and not dev:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(13, 3.8))
+    loss, scores, lr = fig.subplots(1, 3)
     if train:
-        left.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss")
-    if evals:
-        left.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="dev loss")
-        right.plot([r["step"] for r in evals], [r[metric] for r in evals], "o-", color="tab:green")
-    left.set_xlabel("step")
-    left.set_ylabel("loss")
-    left.legend()
-    left.grid(alpha=0.3)
-    right.set_xlabel("step")
-    right.set_ylabel(f"dev {metric}")
-    right.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        loss.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss")
+        lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:purple")
+    if dev:
+        loss.plot([r["step"] for r in dev], [r["loss"] for r in dev], "o-", label="dev loss")
+    for key in DEV_SCORES:
+        points = [(r["step"], r[key]) for r in dev if isinstance(r.get(key), (int, float))]
+        if points:
+            scores.plot(*zip(*points), "o-", label=f"dev {key}")
+    panel(loss, "loss")
+    panel(scores, "dev score")
+    panel(lr, "learning rate")
+    return png(fig)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> Path | None:
+    """The run's plot.png: the same curves `tunelab report` shows."""
+    data = run_curves(history)
+    if data is None:
+        return None
+    path.write_bytes(data)
     return path
 
 
