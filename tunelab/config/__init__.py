@@ -1,40 +1,9 @@
-"""The run config: typed sections, the run types, YAML + overrides, and the error messages."""
+"""The run config: typed sections, the run types, YAML + overrides, and the error messages.
 
-from tunelab.config.run import (
-                                RUN_CONFIG,
-                                SEARCH_KEY,
-                                TASKS,
-                                CausalLMRun,
-                                ClassificationPart,
-                                ClassificationRun,
-                                MaskedLMRun,
-                                MultiTaskRun,
-                                RunConfig,
-                                TaskPart,
-                                TokenClassificationPart,
-                                TokenClassificationRun,
-                                TranslationRun,
-                                dump_config,
-                                load_config,
-                                validate,
-)
-from tunelab.config.sections import (
-                                ColumnMap,
-                                ConllDataConfig,
-                                DataConfig,
-                                EarlyStopping,
-                                Generation,
-                                MaskedLMDataConfig,
-                                MethodConfig,
-                                ModelConfig,
-                                SftDataConfig,
-                                TrainConfig,
-                                TranslationDataConfig,
-)
+`from tunelab.config import X` is the public way in; each module lists its names in __all__."""
 
-__all__ = ["RUN_CONFIG", "SEARCH_KEY", "TASKS", "CausalLMRun", "ClassificationPart",
-           "ClassificationRun", "MaskedLMRun", "MultiTaskRun", "RunConfig", "TaskPart",
-           "TokenClassificationPart", "TokenClassificationRun", "TranslationRun", "dump_config",
-           "load_config", "validate", "ColumnMap", "ConllDataConfig", "DataConfig",
-           "EarlyStopping", "Generation", "MaskedLMDataConfig", "MethodConfig", "ModelConfig",
-           "SftDataConfig", "TrainConfig", "TranslationDataConfig"]
+from tunelab.config import run, sections
+from tunelab.config.run import *  # noqa: F403
+from tunelab.config.sections import *  # noqa: F403
+
+__all__ = [*run.__all__, *sections.__all__]

@@ -30,6 +30,11 @@ from tunelab.errors import ConfigError
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
 
+__all__ = ["ClassificationRun", "TokenClassificationRun", "CausalLMRun", "TranslationRun",
+           "MaskedLMRun", "SEARCH_KEY", "ClassificationPart", "TokenClassificationPart",
+           "TaskPart", "MultiTaskRun", "RUN_TYPES", "RunConfig", "RUN_CONFIG", "TASKS",
+           "load_config", "validate", "dump_config"]
+
 
 class _RunBase(StrictModel):
     model: ModelConfig = ModelConfig()

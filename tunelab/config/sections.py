@@ -13,6 +13,10 @@ from tunelab.config.augment import AugmentConfig
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
 
+__all__ = ["ModelConfig", "ColumnMap", "DataConfig", "MethodConfig", "EarlyStopping",
+           "TrainConfig", "SftDataConfig", "ConllDataConfig", "TranslationDataConfig",
+           "Generation", "MaskedLMDataConfig"]
+
 
 class ModelConfig(StrictModel):
     name: str = "minilm"
