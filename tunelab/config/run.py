@@ -203,7 +203,8 @@ class MultiTaskRun(_RunBase):
         if bad:
             raise ValueError(f"tasks.{bad[0]}: task names become directory names; use letters, "
                              "digits, _ and - only")
-        if "temperature" in self.model_fields_set and self.sampling != "temperature":
+        unused = self.temperature != type(self).model_fields["temperature"].default
+        if unused and self.sampling != "temperature":  # a printed config (default 2.0) reloads
             raise ValueError(f"temperature: only sampling: temperature uses it (sampling is "
                              f"{self.sampling}); remove it or set sampling: temperature")
         pissa = getattr(self.method, "init", None) == "pissa"
