@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -45,19 +45,24 @@ class ApplyReport:
         return out + self.notes
 
 
-class Method:
+C = TypeVar("C", bound=StrictModel)  # a method's config section
+L = TypeVar("L", bound="AdapterLayer")
+
+
+class Method(Generic[C]):
     """A fine-tuning method: knows which parameters train and how it changes the model.
 
     `apply` edits the user's model in place (replacing layers, setting requires_grad) and
-    returns the same model object; it never wraps it.
+    returns the same model object; it never wraps it. Generic over its config, so each
+    method's hooks take its own config type without overriding the signature.
     """
 
     name: ClassVar[str]
-    config_cls: ClassVar[type[StrictModel]]
+    config_cls: type[C]  # not ClassVar: a ClassVar cannot hold a type variable
     saves_adapter: ClassVar[bool] = False  # True: PEFT adapter layout; False: a full checkpoint
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: StrictModel, head: list[str]) -> ApplyReport:
+    def apply(cls, model: nn.Module, cfg: C, head: list[str]) -> ApplyReport:
         raise NotImplementedError
 
     @classmethod
@@ -76,7 +81,7 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
 
-class AdapterMethod(Method):
+class AdapterMethod(Method[C]):
     """A method that adds weights beside the frozen base and saves only those, as an adapter.
 
     The hooks below map it to a PEFT adapter directory (adapter_config.json keys and
@@ -94,12 +99,12 @@ class AdapterMethod(Method):
         return config.get("peft_type") == cls.peft_type
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: StrictModel, head: list[str]) -> dict[str, Any]:
+    def adapter_config(cls, model: nn.Module, cfg: C, head: list[str]) -> dict[str, Any]:
         """The method's own adapter_config.json keys (the shared ones are written for it)."""
         raise NotImplementedError
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> StrictModel:
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> C:
         """The tunelab method config that rebuilds the layers an adapter config describes."""
         raise NotImplementedError
 
@@ -118,7 +123,12 @@ class AdapterMethod(Method):
 
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
+    return layers_of(model, AdapterLayer)
+
+
+def layers_of(model: nn.Module, kind: type[L]) -> dict[str, L]:
+    """The model's layers of one adapter layer type, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, kind)}
 
 
 def refuse_unsupported(config: dict[str, Any], neutral: dict[str, Any], source: str) -> None:

@@ -15,12 +15,12 @@ class BitFitConfig(StrictModel):
     name: Literal["bitfit"] = "bitfit"
 
 
-class BitFitMethod(Method):
+class BitFitMethod(Method[BitFitConfig]):
     name = "bitfit"
     config_cls = BitFitConfig
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: BitFitConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
+    def apply(cls, model: nn.Module, cfg: BitFitConfig, head: list[str]) -> ApplyReport:
         freeze_all(model)
         biases = [n for n, p in model.named_parameters() if n.endswith(".bias")]
         if not biases:

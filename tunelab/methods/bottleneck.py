@@ -16,23 +16,14 @@ adapter_config.json, so no PEFT tool mistakes it for one of its own.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import Field, field_validator
 from torch import nn
 
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (
-    AdapterLayer,
-    AdapterMethod,
-    ApplyReport,
-    adapter_layers,
-    freeze_all,
-    report,
-    required,
-    unfreeze,
-)
+from tunelab.methods.base import AdapterMethod, ApplyReport, layers_of, required
 from tunelab.methods.layer import AdaptedLinear
 from tunelab.schema import StrictModel
 
@@ -67,12 +58,12 @@ class BottleneckConfig(StrictModel):
 
 
 class HoulsbyConfig(BottleneckConfig):
-    name: Literal["houlsby"] = "houlsby"  # type: ignore[assignment]
+    name: Literal["houlsby"] = "houlsby"
     non_linearity: Literal["relu", "gelu", "silu", "tanh"] = "silu"  # AdapterHub's default (swish)
 
 
 class PfeifferConfig(BottleneckConfig):
-    name: Literal["pfeiffer"] = "pfeiffer"  # type: ignore[assignment]
+    name: Literal["pfeiffer"] = "pfeiffer"
 
 
 class BottleneckLinear(AdaptedLinear):
@@ -105,55 +96,56 @@ class BottleneckLinear(AdaptedLinear):
         return super().extra_repr() + f", bottleneck={self.adapter_down.out_features}"
 
 
-class BottleneckMethod(AdapterMethod):
+BC = TypeVar("BC", bound=BottleneckConfig)
+
+
+class BottleneckMethod(AdapterMethod[BC]):
     peft_type = "BOTTLENECK"  # tunelab's own; not a peft type
     config_file = CONFIG_FILE
     placement: ClassVar[tuple[dict[str, list[str]], ...]]
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: BottleneckConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
+    def apply(cls, model: nn.Module, cfg: BC, head: list[str]) -> ApplyReport:
         targets = cfg.targets
         if targets == tgt.AUTO:
             patterns = [p for table in cls.placement for p in tgt.auto_targets(
                 model, table, cls.name, example="[o_proj, down_proj]")]
             targets = "|".join(f"(?:{p})" for p in patterns)
-        chosen = tgt.select(model, targets, exclude=head)
-        freeze_all(model)
-        for name in chosen:
-            tgt.replace_module(model, name, BottleneckLinear(model.get_submodule(name),
-                                                             cfg.reduction_factor, cfg.non_linearity))
-        unfreeze(model, head)
-        sizes = sorted({m.adapter_down.out_features for m in adapter_layers(model).values()
-                        if isinstance(m, BottleneckLinear)})
-        note = (f"bottleneck size {', '.join(map(str, sizes))} (reduction factor "
-                f"{cfg.reduction_factor}), {cfg.non_linearity}; not mergeable")
-        return report(cls.name, model, chosen, head, [note])
+
+        def make_layer(_: str, base: nn.Module) -> BottleneckLinear:
+            return BottleneckLinear(base, cfg.reduction_factor, cfg.non_linearity)
+
+        out = tgt.inject(cls.name, model, targets, head, lambda _: make_layer)
+        sizes = sorted({m.adapter_down.out_features for m in layers_of(model, BottleneckLinear).values()})
+        out.notes.append(f"bottleneck size {', '.join(map(str, sizes))} (reduction factor "
+                         f"{cfg.reduction_factor}), {cfg.non_linearity}; not mergeable")
+        return out
 
     @classmethod
     def reads(cls, config: dict[str, Any]) -> bool:
         return config.get("peft_type") == cls.peft_type and config.get("method") == cls.name
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: BottleneckConfig, head: list[str]) -> dict[str, Any]:  # type: ignore[override]
-        chosen = [n for n, m in adapter_layers(model).items() if isinstance(m, BottleneckLinear)]
+    def adapter_config(cls, model: nn.Module, cfg: BC, head: list[str]) -> dict[str, Any]:
+        chosen = list(layers_of(model, BottleneckLinear))
         return {"format": "tunelab", "method": cls.name,
-                "target_modules": tgt.compact(chosen, tgt.linear_names(model, head, (AdapterLayer,))),
+                "target_modules": tgt.peft_targets(model, chosen, head),
                 "reduction_factor": cfg.reduction_factor, "non_linearity": cfg.non_linearity}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> BottleneckConfig:  # type: ignore[override]
-        return cls.config_cls(targets=required(config, "target_modules", source),  # type: ignore[call-arg]
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> BC:
+        return cls.config_cls(targets=required(config, "target_modules", source),
                               reduction_factor=required(config, "reduction_factor", source),
                               non_linearity=required(config, "non_linearity", source))
 
 
-class HoulsbyMethod(BottleneckMethod):
+class HoulsbyMethod(BottleneckMethod[HoulsbyConfig]):
     name = "houlsby"
     config_cls = HoulsbyConfig
     placement = (ATTENTION_OUT, FFN_OUT)
 
 
-class PfeifferMethod(BottleneckMethod):
+class PfeifferMethod(BottleneckMethod[PfeifferConfig]):
     name = "pfeiffer"
     config_cls = PfeifferConfig
     placement = (FFN_OUT,)

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.methods.lora import LoraConfig, LoraLinear, LoraMethod
+from tunelab.methods.lora import LoraLinear, LoraMethod, LoraOptions
 
 
-class DoraConfig(LoraConfig):
-    name: Literal["dora"] = "dora"  # type: ignore[assignment]
+class DoraConfig(LoraOptions):
+    name: Literal["dora"] = "dora"
 
 
 class DoraLinear(LoraLinear):

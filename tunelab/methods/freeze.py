@@ -39,12 +39,12 @@ def layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
-class FreezeMethod(Method):
+class FreezeMethod(Method[FreezeConfig]):
     name = "freeze"
     config_cls = FreezeConfig
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: FreezeConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
+    def apply(cls, model: nn.Module, cfg: FreezeConfig, head: list[str]) -> ApplyReport:
         freeze_all(model)
         chosen: list[str] = []
         if cfg.train_last_layers:

@@ -14,12 +14,12 @@ class FullConfig(StrictModel):
     name: Literal["full"] = "full"
 
 
-class FullMethod(Method):
+class FullMethod(Method[FullConfig]):
     name = "full"
     config_cls = FullConfig
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: FullConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
+    def apply(cls, model: nn.Module, cfg: FullConfig, head: list[str]) -> ApplyReport:
         for p in model.parameters():
             p.requires_grad_(True)
         return report(cls.name, model, ["(all modules)"], head)

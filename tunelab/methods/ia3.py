@@ -17,17 +17,7 @@ from torch import nn
 
 from tunelab.errors import MethodError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (
-    AdapterLayer,
-    AdapterMethod,
-    ApplyReport,
-    adapter_layers,
-    freeze_all,
-    refuse_unsupported,
-    report,
-    required,
-    unfreeze,
-)
+from tunelab.methods.base import AdapterMethod, ApplyReport, layers_of, refuse_unsupported, required
 from tunelab.methods.layer import AdaptedLinear
 from tunelab.schema import StrictModel
 
@@ -111,35 +101,35 @@ class IA3Linear(AdaptedLinear):
         return super().extra_repr() + f", feedforward={self.is_feedforward}"
 
 
-class IA3Method(AdapterMethod):
+class IA3Method(AdapterMethod[IA3Config]):
     name = "ia3"
     config_cls = IA3Config
     peft_type = "IA3"
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: IA3Config, head: list[str]) -> ApplyReport:  # type: ignore[override]
+    def apply(cls, model: nn.Module, cfg: IA3Config, head: list[str]) -> ApplyReport:
         targets = tgt.auto_targets(model, DEFAULT_TARGETS, "ia3") if cfg.targets == tgt.AUTO \
             else cfg.targets
         feedforward = cfg.feedforward
         if feedforward == tgt.AUTO:
             feedforward = tgt.auto_targets(model, DEFAULT_FEEDFORWARD, "ia3", "method.feedforward")
-        chosen = tgt.select(model, targets, exclude=head)
-        if isinstance(cfg.feedforward, list):  # names the user gave must mean something
-            unused = [f for f in cfg.feedforward if not any(is_feedforward(n, [f]) for n in chosen)]
-            if unused:
-                raise MethodError(f"method.feedforward: {', '.join(unused)} matches none of the "
-                                  f"{len(chosen)} targeted layers; list names of targeted layers")
-        freeze_all(model)
-        for name in chosen:
-            tgt.replace_module(model, name,
-                               IA3Linear(model.get_submodule(name), is_feedforward(name, feedforward)))
-        unfreeze(model, head)
+
+        def layers_for(chosen: list[str]) -> tgt.LayerFactory:
+            if isinstance(cfg.feedforward, list):  # names the user gave must mean something
+                unused = [f for f in cfg.feedforward
+                          if not any(is_feedforward(n, [f]) for n in chosen)]
+                if unused:
+                    raise MethodError(f"method.feedforward: {', '.join(unused)} matches none of the "
+                                      f"{len(chosen)} targeted layers; list names of targeted layers")
+            return lambda name, base: IA3Linear(base, is_feedforward(name, feedforward))
+
+        out = tgt.inject(cls.name, model, targets, head, layers_for)
         n_ff = sum(m.is_feedforward for m in ia3_layers(model).values())
-        return report(cls.name, model, chosen, head,
-                      [f"feed-forward layers (input scaled): {n_ff} of {len(chosen)}"])
+        out.notes.append(f"feed-forward layers (input scaled): {n_ff} of {len(out.matched)}")
+        return out
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: IA3Config, head: list[str]) -> dict[str, Any]:  # type: ignore[override]
+    def adapter_config(cls, model: nn.Module, cfg: IA3Config, head: list[str]) -> dict[str, Any]:
         layers = ia3_layers(model)
         targets, feedforward = _peft_names(model, layers, head)
         return {"target_modules": targets, "feedforward_modules": feedforward,
@@ -147,14 +137,14 @@ class IA3Method(AdapterMethod):
                 "init_ia3_weights": True, "exclude_modules": None}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> IA3Config:  # type: ignore[override]
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> IA3Config:
         refuse_unsupported(config, {"exclude_modules": None}, source)
         return IA3Config(targets=required(config, "target_modules", source),
                          feedforward=config.get("feedforward_modules") or [])
 
 
 def ia3_layers(model: nn.Module) -> dict[str, IA3Linear]:
-    return {n: m for n, m in adapter_layers(model).items() if isinstance(m, IA3Linear)}
+    return layers_of(model, IA3Linear)
 
 
 def _peft_names(model: nn.Module, layers: dict[str, IA3Linear], head: list[str]
@@ -164,7 +154,7 @@ def _peft_names(model: nn.Module, layers: dict[str, IA3Linear], head: list[str]
     they pick exactly the same layers; otherwise full module names."""
     chosen = list(layers)
     feedforward = [n for n, m in layers.items() if m.is_feedforward]
-    targets = tgt.compact(chosen, tgt.linear_names(model, head, (AdapterLayer,)))
+    targets = tgt.peft_targets(model, chosen, head)
     if targets != chosen:
         short = sorted({n.rsplit(".", 1)[-1] for n in feedforward})
         if set(short) <= set(targets) and [n for n in chosen if is_feedforward(n, short)] == feedforward:

@@ -19,7 +19,7 @@ from tunelab.methods.lycoris import LycorisConfig, LycorisLinear, LycorisMethod
 
 
 class LohaConfig(LycorisConfig):
-    name: Literal["loha"] = "loha"  # type: ignore[assignment]
+    name: Literal["loha"] = "loha"
 
 
 class HadamardProduct(torch.autograd.Function):
@@ -27,12 +27,12 @@ class HadamardProduct(torch.autograd.Function):
     instead of keeping them (as peft does): saves two weight-sized tensors per layer."""
 
     @staticmethod
-    def forward(ctx, w1a, w1b, w2a, w2b):  # type: ignore[override]
+    def forward(ctx, w1a, w1b, w2a, w2b):
         ctx.save_for_backward(w1a, w1b, w2a, w2b)
         return (w1a @ w1b) * (w2a @ w2b)
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx, grad):
         w1a, w1b, w2a, w2b = ctx.saved_tensors
         g1 = grad * (w2a @ w2b)  # d/d(w1a @ w1b)
         g2 = grad * (w1a @ w1b)
@@ -55,7 +55,7 @@ class LohaLinear(LycorisLinear):
         return product * self.scaling  # (out, in)
 
 
-class LohaMethod(LycorisMethod):
+class LohaMethod(LycorisMethod[LohaConfig]):
     name = "loha"
     config_cls = LohaConfig
     peft_type = "LOHA"

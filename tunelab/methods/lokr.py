@@ -22,7 +22,7 @@ from tunelab.methods.lycoris import LycorisConfig, LycorisLinear, LycorisMethod
 
 
 class LokrConfig(LycorisConfig):
-    name: Literal["lokr"] = "lokr"  # type: ignore[assignment]
+    name: Literal["lokr"] = "lokr"
     decompose_both: bool = False  # also make W1 low-rank when r is small enough
     decompose_factor: int = -1  # -1: split each dimension near its square root
     rank_dropout_scale: bool = False  # rescale kept rows by the kept share (peft's default: no)
@@ -57,7 +57,7 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 
 
 class LokrLinear(LycorisLinear):
-    def __init__(self, base: nn.Module, cfg: LokrConfig):  # type: ignore[override]
+    def __init__(self, base: nn.Module, cfg: LokrConfig):
         super().__init__(base, cfg)
         self.rank_dropout_scale = cfg.rank_dropout_scale
         in_m, in_n = factorization(self.in_features, cfg.decompose_factor)
@@ -121,7 +121,7 @@ def _init_lycoris(layer: LokrLinear) -> None:
         _kaiming(layer.lokr_w2_a)
 
 
-class LokrMethod(LycorisMethod):
+class LokrMethod(LycorisMethod[LokrConfig]):
     name = "lokr"
     config_cls = LokrConfig
     peft_type = "LOKR"
@@ -136,7 +136,7 @@ class LokrMethod(LycorisMethod):
         return [f"Kronecker factors W1 x W2: {', '.join(shapes)}"]
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: LokrConfig, head: list[str]) -> dict[str, Any]:  # type: ignore[override]
+    def adapter_config(cls, model: nn.Module, cfg: LokrConfig, head: list[str]) -> dict[str, Any]:
         return {**super().adapter_config(model, cfg, head),
                 "init_weights": "lycoris" if cfg.init == "lycoris" else True,
                 "decompose_both": cfg.decompose_both, "decompose_factor": cfg.decompose_factor,

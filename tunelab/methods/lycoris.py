@@ -10,7 +10,7 @@ kept share for LoHa, and for LoKr when `rank_dropout_scale` is set).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +19,7 @@ from torch import nn
 
 from tunelab.errors import MethodError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (
-    AdapterLayer,
-    AdapterMethod,
-    ApplyReport,
-    adapter_layers,
-    freeze_all,
-    refuse_unsupported,
-    report,
-    required,
-    unfreeze,
-)
+from tunelab.methods.base import AdapterMethod, ApplyReport, layers_of, refuse_unsupported, required
 from tunelab.methods.layer import AdaptedLinear
 from tunelab.schema import StrictModel
 
@@ -89,43 +79,46 @@ class LycorisLinear(AdaptedLinear):
         return super().extra_repr() + f", r={self.r}, scaling={self.scaling:.4g}"
 
 
-class LycorisMethod(AdapterMethod):
+LC = TypeVar("LC", bound=LycorisConfig)
+
+
+class LycorisMethod(AdapterMethod[LC]):
     layer_cls: ClassVar[type[LycorisLinear]]
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: LycorisConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
-        chosen = tgt.select(model, cfg.targets, exclude=head)
-        conv1d = [n for n in chosen if not isinstance(model.get_submodule(n), nn.Linear)]
-        if conv1d:
-            raise MethodError(f"method {cls.name}: {conv1d[0]} is a GPT-2 style Conv1D layer; peft's "
-                              f"{cls.peft_type} adapts nn.Linear only, so its adapter would not load "
-                              "there; use lora, ia3 or vera for this model")
-        freeze_all(model)
-        for name in chosen:
-            tgt.replace_module(model, name, cls.layer_cls(model.get_submodule(name), cfg))
-        unfreeze(model, head)
-        note = (f"r={cfg.r}, alpha={cfg.alpha:g} (scale {cfg.alpha / cfg.r:.4g}), rank dropout "
-                f"{cfg.rank_dropout:g}, module dropout {cfg.module_dropout:g}")
-        return report(cls.name, model, chosen, head, [note, *cls.notes(model)])
+    def apply(cls, model: nn.Module, cfg: LC, head: list[str]) -> ApplyReport:
+        def layers_for(chosen: list[str]) -> tgt.LayerFactory:
+            conv1d = [n for n in chosen if not isinstance(model.get_submodule(n), nn.Linear)]
+            if conv1d:
+                raise MethodError(f"method {cls.name}: {conv1d[0]} is a GPT-2 style Conv1D layer; "
+                                  f"peft's {cls.peft_type} adapts nn.Linear only, so its adapter "
+                                  "would not load there; use lora, ia3 or vera for this model")
+            return lambda _, base: cls.layer_cls(base, cfg)
+
+        out = tgt.inject(cls.name, model, cfg.targets, head, layers_for)
+        out.notes += [f"r={cfg.r}, alpha={cfg.alpha:g} (scale {cfg.alpha / cfg.r:.4g}), rank "
+                      f"dropout {cfg.rank_dropout:g}, module dropout {cfg.module_dropout:g}",
+                      *cls.notes(model)]
+        return out
 
     @classmethod
     def notes(cls, model: nn.Module) -> list[str]:
         return []
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: LycorisConfig, head: list[str]) -> dict[str, Any]:  # type: ignore[override]
-        chosen = [n for n, m in adapter_layers(model).items() if isinstance(m, cls.layer_cls)]
+    def adapter_config(cls, model: nn.Module, cfg: LC, head: list[str]) -> dict[str, Any]:
+        chosen = list(layers_of(model, cls.layer_cls))
         return {"r": cfg.r, "alpha": cfg.alpha, "rank_dropout": cfg.rank_dropout,
                 "module_dropout": cfg.module_dropout,
-                "target_modules": tgt.compact(chosen, tgt.linear_names(model, head, (AdapterLayer,))),
+                "target_modules": tgt.peft_targets(model, chosen, head),
                 "init_weights": True, "use_effective_conv2d": False, "rank_pattern": {},
                 "alpha_pattern": {}, "exclude_modules": None, "layers_to_transform": None,
                 "layers_pattern": None}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> LycorisConfig:  # type: ignore[override]
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> LC:
         refuse_unsupported(config, _UNSUPPORTED, source)
-        return cls.config_cls(r=required(config, "r", source),  # type: ignore[call-arg]
+        return cls.config_cls(r=required(config, "r", source),
                               alpha=required(config, "alpha", source),
                               rank_dropout=config.get("rank_dropout", 0.0),
                               module_dropout=config.get("module_dropout", 0.0),

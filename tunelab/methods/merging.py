@@ -116,10 +116,13 @@ def merge_task_tensors(tensors: list[torch.Tensor], weights: list[float], how: s
     unweighted tensors, and the kept weighted entries are averaged (a sum divided by how many
     agree), as peft's merge_utils does.
     """
-    if how in ("ties", "magnitude_prune"):
-        tensors = [keep_top_magnitude(t, density) for t in tensors]  # type: ignore[arg-type]
-    elif how in ("dare_linear", "dare_ties"):
-        tensors = [drop_and_rescale(t, density, generator) for t in tensors]  # type: ignore[arg-type]
+    prunes = how in ("ties", "magnitude_prune", "dare_linear", "dare_ties")
+    if prunes and density is None:
+        raise AdapterError(f"task-tensor merge {how!r} needs a density")
+    if density is not None and how in ("ties", "magnitude_prune"):
+        tensors = [keep_top_magnitude(t, density) for t in tensors]
+    elif density is not None and how in ("dare_linear", "dare_ties"):
+        tensors = [drop_and_rescale(t, density, generator) for t in tensors]
     elif how != "linear":
         raise AdapterError(f"unknown task-tensor merge {how!r}")
     stacked = torch.stack(tensors)  # (n, ...)

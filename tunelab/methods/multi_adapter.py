@@ -30,8 +30,9 @@ from tunelab.errors import AdapterError, MethodError
 from tunelab.methods import targets as tgt
 from tunelab.methods.base import PEFT_PREFIX, AdapterLayer
 from tunelab.methods.layer import linear_shape
-from tunelab.methods.lora import LoraLinear, LoraMethod, LoraSlot, lora_layers, peft_lora_config
+from tunelab.methods.lora import LoraLinear, LoraMethod, LoraOptions, lora_layers, peft_lora_config
 from tunelab.methods.merging import CombineSpec, combine_factors
+from tunelab.methods.multi_lora import LoraSlot, MultiLoraLinear, frozen_slot, stash
 from tunelab.methods.peft_format import (
     method_config,
     read_adapter_config,
@@ -96,21 +97,20 @@ def load_named_adapter(model: nn.Module, name: str, adapter_dir: str | Path) -> 
         raise AdapterError(f"{path}: adapter {name!r} is {kind}; only LoRA adapters can share a "
                            "model with other adapters (load it alone, or merge it into the base)")
     weights_path = weights_file(adapter_dir, path)
-    cfg = method_config(config, method, path)
+    cfg = method_config(config, LoraMethod, path)
     head = head_modules(model)
     try:
-        modules = tgt.select(model, cfg.targets, head, (AdapterLayer,))  # type: ignore[attr-defined]
+        modules = tgt.select(model, cfg.targets, head, (AdapterLayer,))
     except MethodError as exc:
         raise AdapterError(f"{path}: adapter {name!r}: {exc}") from None
     factors, head_state = _split_state(load_file(str(weights_path)), head, modules, name, weights_path)
     _check_head(model, head_state, name, weights_path)
-    slots = {m: _slot(model.get_submodule(m), *factors[m], cfg, name, weights_path, m)  # type: ignore[arg-type]
-             for m in modules}
+    slots = {m: _slot(model.get_submodule(m), factors[m], cfg, name, weights_path, m) for m in modules}
     for m, slot in slots.items():
         layer = model.get_submodule(m)
         slot.train(model.training)
         if isinstance(layer, LoraLinear):
-            layer.stash_adapter(name, slot)
+            stash(layer, name, slot)
             continue
         new = LoraLinear(layer, slot.r, slot.alpha, 0.0, slot.scaling_rule)
         new.lora_A, new.lora_B, new.lora_dropout = slot.lora_A, slot.lora_B, slot.lora_dropout
@@ -151,10 +151,11 @@ def _check_head(model: nn.Module, head_state: dict[str, torch.Tensor], name: str
                                "with another label set?")
 
 
-def _slot(layer: nn.Module, a: torch.Tensor, b: torch.Tensor, cfg: Any, name: str, source: Path,
-          module: str) -> LoraSlot:
+def _slot(layer: nn.Module, factors: tuple[torch.Tensor, torch.Tensor], cfg: LoraOptions, name: str,
+          source: Path, module: str) -> LoraSlot:
     """A frozen LoraSlot holding A and B, after checking them against the layer's shape."""
-    if isinstance(layer, AdapterLayer) and type(layer) is not LoraLinear:
+    a, b = factors
+    if isinstance(layer, AdapterLayer) and type(layer) not in (LoraLinear, MultiLoraLinear):
         raise AdapterError(f"{source}: adapter {name!r}: module {module} already carries a "
                            f"{type(layer).__name__}; only LoRA adapters can share a layer")
     out_f, in_f = (layer.out_features, layer.in_features) if isinstance(layer, LoraLinear) \
@@ -163,17 +164,7 @@ def _slot(layer: nn.Module, a: torch.Tensor, b: torch.Tensor, cfg: Any, name: st
         raise AdapterError(f"{source}: adapter {name!r}, module {module}: lora_A {tuple(a.shape)} "
                            f"and lora_B {tuple(b.shape)} do not fit the layer ({out_f} x {in_f}) "
                            f"at r={cfg.r}; was it trained on another base model?")
-    return _frozen_slot(a, b, layer.weight, cfg.r, cfg.alpha, cfg.scaling, cfg.dropout)
-
-
-def _frozen_slot(a: torch.Tensor, b: torch.Tensor, like: torch.Tensor, r: int, alpha: float,
-                 rule: str, dropout: float) -> LoraSlot:
-    lin_a = nn.Linear(a.shape[1], r, bias=False, device="meta")
-    lin_b = nn.Linear(r, b.shape[0], bias=False, device="meta")
-    lin_a.weight = nn.Parameter(a.to(like.device, like.dtype), requires_grad=False)
-    lin_b.weight = nn.Parameter(b.to(like.device, like.dtype), requires_grad=False)
-    drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-    return LoraSlot(lin_a, lin_b, drop, r, alpha, rule)
+    return frozen_slot(a, b, layer.weight, cfg.r, cfg.alpha, cfg.scaling, cfg.dropout)
 
 
 def set_adapter(model: nn.Module, name: str | None) -> None:
@@ -248,8 +239,8 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
                 continue
             a, b = combine_factors([f for f, _ in present], [w for _, w in present], spec, rank,
                                    generator)
-            slot = _frozen_slot(a, b, layer.weight, rank, float(rank), "standard", 0.0)
-            layer.stash_adapter(name, slot.train(model.training))
+            slot = frozen_slot(a, b, layer.weight, rank, float(rank), "standard", 0.0)
+            stash(layer, name, slot.train(model.training))
     first = aset.configs[adapters[0]]
     aset.names.append(name)
     aset.configs[name] = {**first, "r": rank, "lora_alpha": rank, "use_rslora": False,

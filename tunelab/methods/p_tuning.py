@@ -56,23 +56,23 @@ class PromptEncoder(InputPrompt):
         return self.mlp_head(x)[0]  # (n, D)
 
 
-class PTuningMethod(PromptMethod):
+class PTuningMethod(PromptMethod[PTuningConfig]):
     name = "p_tuning"
     config_cls = PTuningConfig
     peft_type = "P_TUNING"
 
     @classmethod
-    def build(cls, backbone: nn.Module, cfg: PTuningConfig) -> PromptEncoder:  # type: ignore[override]
+    def build(cls, backbone: nn.Module, cfg: PTuningConfig) -> PromptEncoder:
         return PromptEncoder(cfg.num_virtual_tokens, backbone.get_input_embeddings().embedding_dim,
                              cfg)
 
     @classmethod
-    def notes(cls, cfg: PTuningConfig) -> list[str]:  # type: ignore[override]
+    def notes(cls, cfg: PTuningConfig) -> list[str]:
         return [f"{cfg.num_virtual_tokens} virtual tokens from a {cfg.encoder.upper()} prompt "
                 "encoder, prepended to every input", lr_note(RECOMMENDED_LR)]
 
     @classmethod
-    def own_config(cls, model: nn.Module, cfg: PTuningConfig) -> dict[str, Any]:  # type: ignore[override]
+    def own_config(cls, model: nn.Module, cfg: PTuningConfig) -> dict[str, Any]:
         return {"encoder_reparameterization_type": cfg.encoder.upper(),
                 "encoder_hidden_size": cfg.encoder_hidden_size
                 or model.get_input_embeddings().embedding_dim,
@@ -80,6 +80,8 @@ class PTuningMethod(PromptMethod):
                 "encoder_dropout": cfg.encoder_dropout}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> PromptTuningConfig:  # type: ignore[override]
-        # peft saves the encoder's output, not the encoder: the adapter is a plain table
+    def config_from_adapter(  # type: ignore[override]
+            cls, config: dict[str, Any], source: str) -> PromptTuningConfig:
+        # peft saves the encoder's output, not the encoder: the adapter is a plain table, so
+        # it loads as prompt tuning: another config type than this method trains with
         return PromptTuningMethod.config_from_adapter(config, source)

@@ -26,6 +26,7 @@ from tunelab.methods.base import (
     PEFT_PREFIX,
     AdapterMethod,
     ApplyReport,
+    C,
     adapter_layers,
     owned_parameters,
 )
@@ -46,11 +47,11 @@ _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": 
                 "bias": "none", "use_dora": None}
 
 
-def adapter_methods() -> list[type[AdapterMethod]]:
+def adapter_methods() -> list[type[AdapterMethod[Any]]]:
     return [m for m in METHODS.values() if issubclass(m, AdapterMethod)]
 
 
-def _method_of(cfg: StrictModel) -> type[AdapterMethod]:
+def _method_of(cfg: StrictModel) -> type[AdapterMethod[Any]]:
     method = METHODS[cfg.name]  # type: ignore[attr-defined]
     if not issubclass(method, AdapterMethod):
         raise AdapterError(f"method {method.name} saves a full model, not an adapter")
@@ -90,7 +91,7 @@ def write_adapter(out: Path, config: dict[str, Any], tensors: dict[str, torch.Te
     return out
 
 
-def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[AdapterMethod], Path]:
+def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[AdapterMethod[Any]], Path]:
     """(the config, the method that reads it, the config file's path)."""
     files = [CONFIG_FILE] + sorted({m.config_file for m in adapter_methods()} - {CONFIG_FILE})
     path = next((Path(adapter_dir) / f for f in files if (Path(adapter_dir) / f).is_file()), None)
@@ -116,7 +117,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, head: list[str]) -> 
     config, method, path = read_adapter_config(adapter_dir)
     weights_path = weights_file(adapter_dir, path)
     cfg = method_config(config, method, path)
-    report = METHODS[cfg.name].apply(model, cfg, head)  # type: ignore[attr-defined]
+    report = METHODS[cfg.name].apply(model, cfg, head)  # p_tuning's adapter loads as prompt_tuning
     state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
     _load_state(model, state, weights_path)
     return report
@@ -129,7 +130,7 @@ def weights_file(adapter_dir: str | Path, config_path: Path) -> Path:
     return path
 
 
-def method_config(config: dict[str, Any], method: type[AdapterMethod], path: Path) -> StrictModel:
+def method_config(config: dict[str, Any], method: type[AdapterMethod[C]], path: Path) -> C:
     """The tunelab method config an adapter config describes; bad values name the file and key."""
     try:
         return method.config_from_adapter(config, str(path))

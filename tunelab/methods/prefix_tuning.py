@@ -140,13 +140,13 @@ class PrefixEncoder(VirtualTokens):
         return (), kw
 
 
-class PrefixTuningMethod(PromptMethod):
+class PrefixTuningMethod(PromptMethod[PrefixTuningConfig]):
     name = "prefix_tuning"
     config_cls = PrefixTuningConfig
     peft_type = "PREFIX_TUNING"
 
     @classmethod
-    def build(cls, backbone: nn.Module, cfg: PrefixTuningConfig) -> PrefixEncoder:  # type: ignore[override]
+    def build(cls, backbone: nn.Module, cfg: PrefixTuningConfig) -> PrefixEncoder:
         layers, heads, width = cache_shape(backbone.config, grouped=True)
         encoder = PrefixEncoder(cfg.num_virtual_tokens, layers, heads, width, cfg.projection,
                                 cfg.encoder_hidden_size)
@@ -157,19 +157,19 @@ class PrefixTuningMethod(PromptMethod):
         return encoder
 
     @classmethod
-    def notes(cls, cfg: PrefixTuningConfig) -> list[str]:  # type: ignore[override]
+    def notes(cls, cfg: PrefixTuningConfig) -> list[str]:
         how = "from a projection MLP" if cfg.projection else f"init: {cfg.init or 'vocab'}"
         return [f"a prefix of {cfg.num_virtual_tokens} keys and values in every attention layer "
                 f"({how})", lr_note(RECOMMENDED_LR)]
 
     @classmethod
-    def own_config(cls, model: nn.Module, cfg: PrefixTuningConfig) -> dict[str, Any]:  # type: ignore[override]
+    def own_config(cls, model: nn.Module, cfg: PrefixTuningConfig) -> dict[str, Any]:
         width = cache_shape(model.base_model.config, grouped=True)[2]
         return {"encoder_hidden_size": cfg.encoder_hidden_size or width,
                 "prefix_projection": cfg.projection, "init_weights": None}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> PrefixTuningConfig:  # type: ignore[override]
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> PrefixTuningConfig:
         # a projected prefix is saved as its output table (peft's inference mode)
         return PrefixTuningConfig(num_virtual_tokens=cls.check_adapter(config, source),
                                   init="random")

@@ -40,13 +40,13 @@ class PromptEmbedding(InputPrompt):
         return self.embedding.weight  # (n, D)
 
 
-class PromptTuningMethod(PromptMethod):
+class PromptTuningMethod(PromptMethod[PromptTuningConfig]):
     name = "prompt_tuning"
     config_cls = PromptTuningConfig
     peft_type = "PROMPT_TUNING"
 
     @classmethod
-    def build(cls, backbone: nn.Module, cfg: PromptTuningConfig) -> PromptEmbedding:  # type: ignore[override]
+    def build(cls, backbone: nn.Module, cfg: PromptTuningConfig) -> PromptEmbedding:
         words = backbone.get_input_embeddings()
         encoder = PromptEmbedding(cfg.num_virtual_tokens, words.embedding_dim)
         ids = init_token_ids(backbone, cfg)
@@ -56,12 +56,12 @@ class PromptTuningMethod(PromptMethod):
         return encoder
 
     @classmethod
-    def notes(cls, cfg: PromptTuningConfig) -> list[str]:  # type: ignore[override]
+    def notes(cls, cfg: PromptTuningConfig) -> list[str]:
         return [f"{cfg.num_virtual_tokens} virtual tokens prepended to every input (init: "
                 f"{cfg.init})", lr_note(RECOMMENDED_LR)]
 
     @classmethod
-    def own_config(cls, model: nn.Module, cfg: PromptTuningConfig) -> dict[str, Any]:  # type: ignore[override]
+    def own_config(cls, model: nn.Module, cfg: PromptTuningConfig) -> dict[str, Any]:
         text = cfg.init == "text"
         return {"prompt_tuning_init": PEFT_INIT[cfg.init],
                 "prompt_tuning_init_text": cfg.init_text if text else None,
@@ -70,7 +70,7 @@ class PromptTuningMethod(PromptMethod):
                 "tokenizer_kwargs": None}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> PromptTuningConfig:  # type: ignore[override]
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> PromptTuningConfig:
         # the saved table replaces the init, so none is run (peft's inference mode)
         return PromptTuningConfig(num_virtual_tokens=cls.check_adapter(config, source),
                                   init="random")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from tunelab.errors import ConfigError
-from tunelab.methods.adalora import AdaLoraConfig, AdaLoraLinear, check_schedule, final_ranks
+from tunelab.methods.adalora_layer import AdaLoraConfig, AdaLoraLinear, check_schedule, final_ranks
 from tunelab.methods.hooks import StepHook
 
 PARTS = ("lora_A", "lora_E", "lora_B")

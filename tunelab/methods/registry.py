@@ -1,5 +1,7 @@
 """METHODS: every fine-tuning method, one line each. Adding a method = one file + one line."""
 
+from typing import Any
+
 from tunelab.methods.adalora import AdaLoraMethod
 from tunelab.methods.base import Method
 from tunelab.methods.bitfit import BitFitMethod
@@ -16,7 +18,7 @@ from tunelab.methods.prefix_tuning import PrefixTuningMethod
 from tunelab.methods.prompt_tuning import PromptTuningMethod
 from tunelab.methods.vera import VeraMethod
 
-METHODS: dict[str, type[Method]] = {
+METHODS: dict[str, type[Method[Any]]] = {
     "full": FullMethod,
     "freeze": FreezeMethod,
     "bitfit": BitFitMethod,

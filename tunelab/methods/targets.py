@@ -1,14 +1,19 @@
-"""Choosing which nn.Linear layers a method replaces: names, suffixes, a regex, all-linear."""
+"""Choosing which nn.Linear layers a method replaces (names, suffixes, a regex, all-linear),
+and `inject`, the one place a layer-replacing method selects, freezes and replaces."""
 
 from __future__ import annotations
 
 import difflib
 import re
+from typing import Callable
 
 from torch import nn
 
 from tunelab.errors import MethodError
-from tunelab.methods.base import name_matches
+from tunelab.methods.base import AdapterLayer, ApplyReport, freeze_all, name_matches, report, unfreeze
+
+# (module name, the layer it replaces) -> its replacement
+LayerFactory = Callable[[str, nn.Module], nn.Module]
 
 ALL_LINEAR = "all-linear"
 AUTO = "auto"  # the method's defaults for the model type (peft's table for that method)
@@ -91,6 +96,27 @@ def compact(chosen: list[str], candidates: list[str]) -> list[str]:
     return list(chosen)
 
 
+def peft_targets(model: nn.Module, chosen: list[str], head: list[str]) -> list[str]:
+    """adapter_config.json's target_modules for adapter layers at `chosen`."""
+    return compact(chosen, linear_names(model, head, (AdapterLayer,)))
+
+
+def inject(method: str, model: nn.Module, targets: list[str] | str, head: list[str],
+           layers_for: Callable[[list[str]], LayerFactory]) -> ApplyReport:
+    """Select the targets, freeze the model, replace each target, train the head; report.
+
+    `layers_for(chosen)` runs before the model changes: it may refuse the choice or build
+    what the layers share (VeRA's projections), and returns the factory of each layer.
+    """
+    chosen = select(model, targets, exclude=head)
+    make_layer = layers_for(chosen)
+    freeze_all(model)
+    for name in chosen:
+        replace_module(model, name, make_layer(name, model.get_submodule(name)))
+    unfreeze(model, head)
+    return report(method, model, chosen, head)
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -101,7 +127,8 @@ def check_targets(v: list[str] | str, keywords: tuple[str, ...] = (ALL_LINEAR,))
     """Config-time check of a targets value: a non-empty list of names, a keyword, or a regex."""
     if isinstance(v, list):
         if not v or any(not t.strip() for t in v):
-            raise ValueError(f"give at least one module name, a regex, or one of: {', '.join(keywords)}")
+            choices = f"'{keywords[0]}'" if len(keywords) == 1 else f"one of: {', '.join(keywords)}"
+            raise ValueError(f"give at least one module name, a regex, or {choices}")
         return v
     if v not in keywords:
         try:

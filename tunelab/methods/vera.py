@@ -21,17 +21,7 @@ from torch import nn
 
 from tunelab.errors import AdapterError
 from tunelab.methods import targets as tgt
-from tunelab.methods.base import (
-    AdapterLayer,
-    AdapterMethod,
-    ApplyReport,
-    adapter_layers,
-    freeze_all,
-    refuse_unsupported,
-    report,
-    required,
-    unfreeze,
-)
+from tunelab.methods.base import AdapterMethod, ApplyReport, layers_of, refuse_unsupported, required
 from tunelab.methods.layer import AdaptedLinear, linear_shape
 from tunelab.schema import StrictModel
 
@@ -75,6 +65,17 @@ class VeraProjections:
         return self.a, self.b
 
 
+def shared_projections(model: nn.Module, chosen: list[str], cfg: VeraConfig) -> VeraProjections:
+    """A and B as large as the largest chosen layer needs, drawn as peft draws them."""
+    shapes = [linear_shape(model.get_submodule(n)) for n in chosen]
+    max_out, max_in = max(s[0] for s in shapes), max(s[1] for s in shapes)
+    generator = torch.Generator(device="cpu").manual_seed(cfg.projection_seed)
+    a = kaiming_uniform((cfg.r, max_in), generator)  # A first, as peft draws them
+    b = kaiming_uniform((max_out, cfg.r), generator)
+    weight = model.get_submodule(chosen[0]).weight
+    return VeraProjections(a.to(weight), b.to(weight))
+
+
 class VeraLinear(AdaptedLinear):
     """Replaces an nn.Linear: y = x W^T + bias + lambda_b * (lambda_d * (x A^T)) B^T."""
 
@@ -111,35 +112,30 @@ class VeraLinear(AdaptedLinear):
         return super().extra_repr() + f", r={self.r}"
 
 
-class VeraMethod(AdapterMethod):
+class VeraMethod(AdapterMethod[VeraConfig]):
     name = "vera"
     config_cls = VeraConfig
     peft_type = "VERA"
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: VeraConfig, head: list[str]) -> ApplyReport:  # type: ignore[override]
-        chosen = tgt.select(model, cfg.targets, exclude=head)
-        shapes = [linear_shape(model.get_submodule(n)) for n in chosen]
-        max_out, max_in = max(s[0] for s in shapes), max(s[1] for s in shapes)
-        generator = torch.Generator(device="cpu").manual_seed(cfg.projection_seed)
-        a = kaiming_uniform((cfg.r, max_in), generator)  # A first, as peft draws them
-        b = kaiming_uniform((max_out, cfg.r), generator)
-        weight = model.get_submodule(chosen[0]).weight
-        projections = VeraProjections(a.to(weight), b.to(weight))
-        freeze_all(model)
-        for name in chosen:
-            tgt.replace_module(model, name, VeraLinear(model.get_submodule(name), projections,
-                                                       cfg.r, cfg.dropout, cfg.d_initial))
-        unfreeze(model, head)
-        note = (f"r={cfg.r}, shared A {tuple(a.shape)} and B {tuple(b.shape)} (frozen, seed "
-                f"{cfg.projection_seed}), d starts at {cfg.d_initial:g}, dropout {cfg.dropout:g}")
-        return report(cls.name, model, chosen, head, [note])
+    def apply(cls, model: nn.Module, cfg: VeraConfig, head: list[str]) -> ApplyReport:
+
+        def layers_for(chosen: list[str]) -> tgt.LayerFactory:
+            projections = shared_projections(model, chosen, cfg)
+            return lambda _, base: VeraLinear(base, projections, cfg.r, cfg.dropout, cfg.d_initial)
+
+        out = tgt.inject(cls.name, model, cfg.targets, head, layers_for)
+        projections = next(iter(vera_layers(model).values())).projections
+        a, b = projections.a, projections.b
+        out.notes.append(f"r={cfg.r}, shared A {tuple(a.shape)} and B {tuple(b.shape)} (frozen, "
+                         f"seed {cfg.projection_seed}), d starts at {cfg.d_initial:g}, dropout "
+                         f"{cfg.dropout:g}")
+        return out
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: VeraConfig, head: list[str]) -> dict[str, Any]:  # type: ignore[override]
+    def adapter_config(cls, model: nn.Module, cfg: VeraConfig, head: list[str]) -> dict[str, Any]:
         layers = vera_layers(model)
-        return {"r": cfg.r, "target_modules": tgt.compact(list(layers), tgt.linear_names(
-                    model, head, (AdapterLayer,))),
+        return {"r": cfg.r, "target_modules": tgt.peft_targets(model, list(layers), head),
                 "projection_prng_key": cfg.projection_seed, "save_projection": True,
                 "vera_dropout": cfg.dropout, "d_initial": cfg.d_initial,
                 "fan_in_fan_out": any(m.fan_in_fan_out for m in layers.values()),
@@ -153,7 +149,7 @@ class VeraMethod(AdapterMethod):
         return {**out, A_KEY: projections.a, B_KEY: projections.b}
 
     @classmethod
-    def config_from_adapter(cls, config: dict[str, Any], source: str) -> VeraConfig:  # type: ignore[override]
+    def config_from_adapter(cls, config: dict[str, Any], source: str) -> VeraConfig:
         refuse_unsupported(config, {"bias": "none", "layers_to_transform": None}, source)
         return VeraConfig(r=required(config, "r", source),
                           targets=required(config, "target_modules", source),
@@ -181,4 +177,4 @@ class VeraMethod(AdapterMethod):
 
 
 def vera_layers(model: nn.Module) -> dict[str, VeraLinear]:
-    return {n: m for n, m in adapter_layers(model).items() if isinstance(m, VeraLinear)}
+    return layers_of(model, VeraLinear)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import Field, model_validator
@@ -223,17 +223,20 @@ def strip_virtual(output: Any, n: int) -> Any:
     return output
 
 
-class PromptMethod(AdapterMethod):
+VC = TypeVar("VC", bound=VirtualTokensConfig)
+
+
+class PromptMethod(AdapterMethod[VC]):
     """The adapter side shared by the three prompt methods: peft's prompt-learning layout."""
 
     head_prefix = "base_model."  # peft names a prompt method's head base_model.<head>.*
 
     @classmethod
-    def build(cls, backbone: nn.Module, cfg: Any) -> VirtualTokens:
+    def build(cls, backbone: nn.Module, cfg: VC) -> VirtualTokens:
         raise NotImplementedError
 
     @classmethod
-    def apply(cls, model: nn.Module, cfg: Any, head: list[str]) -> ApplyReport:  # type: ignore[override]
+    def apply(cls, model: nn.Module, cfg: VC, head: list[str]) -> ApplyReport:
         backbone = backbone_of(model, cls.name)
         if any(isinstance(m, VirtualTokens) for m in model.modules()):
             raise MethodError(f"method {cls.name}: the model already carries virtual tokens")
@@ -248,7 +251,7 @@ class PromptMethod(AdapterMethod):
         return report(cls.name, model, [name], head, cls.notes(cfg))
 
     @classmethod
-    def notes(cls, cfg: Any) -> list[str]:
+    def notes(cls, cfg: VC) -> list[str]:
         return []
 
     @classmethod
@@ -256,7 +259,7 @@ class PromptMethod(AdapterMethod):
         return {SAVED_KEY: encoder_of(model)[1].saved_table()}
 
     @classmethod
-    def adapter_config(cls, model: nn.Module, cfg: Any, head: list[str]) -> dict[str, Any]:
+    def adapter_config(cls, model: nn.Module, cfg: VC, head: list[str]) -> dict[str, Any]:
         backbone = model.base_model
         layers, heads, dim = cache_shape(backbone.config, cls.peft_type == "PREFIX_TUNING")
         return {"num_virtual_tokens": cfg.num_virtual_tokens, "token_dim": dim,
@@ -264,7 +267,7 @@ class PromptMethod(AdapterMethod):
                 "num_layers": layers, **cls.own_config(model, cfg)}
 
     @classmethod
-    def own_config(cls, model: nn.Module, cfg: Any) -> dict[str, Any]:
+    def own_config(cls, model: nn.Module, cfg: VC) -> dict[str, Any]:
         raise NotImplementedError
 
     @classmethod
