@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_config, with_lora_everywhere
 from transformers import AutoTokenizer
 
 from tunelab import methods
@@ -13,14 +14,13 @@ from tunelab.config import load_config, validate
 from tunelab.data.batching import collate, encode
 from tunelab.data.packing import pack, pack_rows
 from tunelab.errors import ConfigError
+from tunelab.kernels.dropout_attention import use_dropout_attention
+from tunelab.kernels.first_token import first_token_only, packing_blocker
 from tunelab.meta.config import load_meta_config
 from tunelab.models import load_classifier, load_token_classifier
-from tunelab.kernels.first_token import first_token_only, packing_blocker
-from tunelab.tasks.classification import ClassificationTask
-from tunelab.kernels.dropout_attention import use_dropout_attention
 from tunelab.recipes.run import choose_batches, train
-
-from conftest import tiny_config, with_lora_everywhere
+from tunelab.tasks.causal_lm import CausalLMTask
+from tunelab.tasks.classification import ClassificationTask
 
 TEXTS = ["a great movie", "terrible and boring from the first scene to the last one", "ok",
          "the plot was thin but the acting carried it", "fine", "not my kind of film at all",
@@ -177,7 +177,7 @@ def test_packing_keys_elsewhere_are_refused_or_left_to_their_task(tiny_model_dir
     with pytest.raises(ConfigError, match="sources.1.packing: episodes are small padded batches"):
         load_meta_config(None, ["meta.sources=[{train: sst2}, {train: sst2, packing: true}]"])
     # a causal LM task keeps the data.packing its own setup chose
-    sft = SimpleNamespace(packing=True)
+    sft = CausalLMTask(SimpleNamespace(pad_token_id=0), None, packing=True)
     choose_batches(validate(tiny_config(tiny_model_dir, tiny_data, tmp_path / "c")), sft,
                    load_classifier(tiny_model_dir, ["neg", "pos"], dropout=0.0), print)
     assert sft.packing is True

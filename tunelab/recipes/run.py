@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -15,13 +14,12 @@ import yaml
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
-from tunelab.kernels.first_token import packing_blocker
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
 from tunelab.recipes.multitask import save_task_runs
 from tunelab.recipes.setup import setup
 from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.runs.trained import run_chain
-from tunelab.tasks.classification import ClassificationTask
+from tunelab.tasks.base import Task
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import distributed, fsdp
 from tunelab.train.distributed import Dist
@@ -32,6 +30,10 @@ from tunelab.train.plots import plot_history, summary_lines
 # what is computed, only how often it is logged or saved).
 RESUME_FREE_KEYS = {"train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                     "output_dir"}  # a run directory may be moved or copied
+
+
+# runs whose artifact is not one model or adapter: a multitask run writes a sub-run per task
+ARTIFACT_SAVERS: dict[str, Callable[..., Path]] = {"multitask": save_task_runs}
 
 
 def seed_everything(seed: int) -> None:
@@ -125,18 +127,15 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                                  if dist.active else "")
         + "".join(f", {name}" for name, on in (
             ("gradient checkpointing", getattr(s.model, "is_gradient_checkpointing", False)),
-            ("torch.compile", hasattr(trainer.forward, "_orig_mod"))) if on))
-    test_before = _test_before(s, trainer, run_dir, start, device, dist, log)
+            ("torch.compile", cfg.train.compile)) if on))  # prepare() compiles when asked
+    # tasks scored by generation on a test split (translation) are scored before and after
+    test_before = s.task.test_before(trainer.inside, device, run_dir, start > 0, dist.main, log)
     result = trainer.fit(start)
 
     restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
     final = trainer.evaluate() if restored else result.last_eval
-    test = None
-    if test_before is not None:
-        log("scoring the test split after training ...")
-        test, hyps = trainer.inside(lambda m: s.task.test_scores(m, device))
-        if dist.main:
-            _write_translations(run_dir / "test_translations.jsonl", s.task.test, hyps)
+    test = s.task.test_after(trainer.inside, device, run_dir, dist.main, log) \
+        if test_before is not None else None
     # FSDP: every rank gathers the shards, rank 0 writes them whole
     whole = fsdp.model_state(s.model) if trainer.fsdp and not method_cls.saves_adapter else None
     with trainer.gathered():
@@ -168,28 +167,18 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     return summary
 
 
-def choose_batches(cfg: RunConfig, task: Any, model: torch.nn.Module,
+def choose_batches(cfg: RunConfig, task: Task, model: torch.nn.Module,
                    log: Callable[[str], None]) -> None:
-    """Packed or padded classification batches (data.packing: None packs where the model
-    reads packed rows, true insists, false never); other tasks choose in their own setup."""
-    if not isinstance(task, ClassificationTask):
-        return
-    asked = cfg.data.packing
-    why = packing_blocker(model, cfg.train.gradient_checkpointing) if asked is not False else None
-    if asked and why:
-        raise ConfigError(f"data.packing: true, but {why}; set data.packing: false "
-                          "(padded batches)")
-    task.packing = asked is not False and why is None
-    log("batches: random, packed into rows (no padding)" if task.packing else
-        "batches: " + ("sorted by length" if cfg.train.bucket_by_length else "random")
-        + ", padded" + (f" (not packed: {why})" if why else ""))
+    """How the task makes batches, now that the model is known (classification: packed or
+    padded, Task.choose_batches); other tasks chose in their own setup."""
+    task.choose_batches(model, cfg, log)
 
 
 def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: Path,
                    state: dict[str, torch.Tensor] | None, final: dict[str, Any]) -> Path:
-    if cfg.task == "multitask":  # one sub-run per task
-
-        return save_task_runs(s, cfg, adapter, run_dir, final)
+    saver = ARTIFACT_SAVERS.get(cfg.task)
+    if saver is not None:
+        return saver(s, cfg, adapter, run_dir, final)
     if adapter:
         return save_adapter(s.model, cfg.method, report.head, str(s.model_path),
                             run_dir / ADAPTER_DIR, task=s.info.get("route", cfg.task))
@@ -197,29 +186,6 @@ def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: 
     s.model.save_pretrained(out, state_dict=state)  # state: given under FSDP
     s.tokenizer.save_pretrained(out)
     return out
-
-
-def _test_before(s: Any, trainer: Trainer, run_dir: Path, start: int, device: torch.device,
-                 dist: Dist, log: Callable[[str], None]) -> dict[str, float] | None:
-    """Tasks scored by generation on a test split (translation) are scored before training
-    too; a resumed run reads the score its first start wrote."""
-    if not hasattr(s.task, "test_scores"):
-        return None
-    path = run_dir / "test_before.json"
-    if start > 0 and path.is_file():
-        return json.loads(path.read_text())
-    log(f"scoring the test split ({len(s.task.test)} examples) before training ...")
-    scores, _ = trainer.inside(lambda m: s.task.test_scores(m, device))
-    if dist.main:
-        write_json(path, scores)
-    return scores
-
-
-def _write_translations(path: Path, pairs: list, hyps: list[str]) -> None:
-    rows = [{"source": p.source, "reference": p.target, "hypothesis": h}
-            for p, h in zip(pairs, hyps)]
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                    encoding="utf-8")
 
 
 def _quiet(_: str) -> None:

@@ -21,6 +21,7 @@ from tunelab.data.batching import plan_batches
 from tunelab.data.render import IGNORE, LMEncoded, Renderer
 from tunelab.data.sft import Conversation
 from tunelab.kernels.chunked_ce import chunked_linear_cross_entropy
+from tunelab.tasks.base import Task
 
 
 def pad_batch(data: LMEncoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -83,7 +84,7 @@ def token_loss(task: Any, model: nn.Module, data: Any, collate: Callable[[list[i
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": n}
 
 
-class CausalLMTask:
+class CausalLMTask(Task):
     name = "causal_lm"
     default_metric = "loss"
 

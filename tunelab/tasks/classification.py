@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,9 @@ from torch import nn
 from tunelab.data.batching import Encoded, collate, encode, plan_batches
 from tunelab.data.packing import pack
 from tunelab.data.readers import Example
-from tunelab.kernels.first_token import first_token_only
+from tunelab.errors import ConfigError
+from tunelab.kernels.first_token import first_token_only, packing_blocker
+from tunelab.tasks.base import Task
 from tunelab.tasks.metrics import classification_metrics
 
 
@@ -27,7 +29,7 @@ class Predictions:
         return self.probs.argmax(-1).tolist()
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     name = "classification"
     default_metric = "accuracy"
 
@@ -52,6 +54,20 @@ class ClassificationTask:
 
     def collate(self, data: Encoded, index: list[int]) -> dict[str, torch.Tensor]:
         return (pack if self.packing else collate)(data, index, self.pad_id)
+
+    def choose_batches(self, model: nn.Module, cfg: Any, log: Callable[[str], None]) -> None:
+        """Packed or padded batches (data.packing: None packs where the model reads packed
+        rows, true insists, false never)."""
+        asked = cfg.data.packing
+        why = packing_blocker(model, cfg.train.gradient_checkpointing) if asked is not False \
+            else None
+        if asked and why:
+            raise ConfigError(f"data.packing: true, but {why}; set data.packing: false "
+                              "(padded batches)")
+        self.packing = asked is not False and why is None
+        log("batches: random, packed into rows (no padding)" if self.packing else
+            "batches: " + ("sorted by length" if cfg.train.bucket_by_length else "random")
+            + ", padded" + (f" (not packed: {why})" if why else ""))
 
     def plan_batches(self, lengths: list[int], batch_size: int, seed: int, epoch: int,
                      bucket: bool) -> list[list[int]]:

@@ -17,6 +17,7 @@ from torch import nn
 from tunelab.data.batching import plan_batches
 from tunelab.data.masking import IGNORE, Masker, MLMEncoded
 from tunelab.models.heads import head_modules
+from tunelab.tasks.base import Task
 
 EVAL_KEY = "eval"  # held-out masks: the same in every evaluation and every run
 
@@ -44,7 +45,7 @@ def masked_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return head(hidden[keep])  # (N, V)
 
 
-class MaskedLMTask:
+class MaskedLMTask(Task):
     name = "masked_lm"
     default_metric = "loss"
 

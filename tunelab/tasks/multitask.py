@@ -16,6 +16,7 @@ from torch import nn
 
 from tunelab.data.task_sampling import TaskSchedule
 from tunelab.models.heads import head_modules
+from tunelab.tasks.base import Task
 
 
 class MultiTaskModel(nn.Module):
@@ -98,7 +99,7 @@ class MultiData:
         return name, local
 
 
-class MultiTask:
+class MultiTask(Task):
     """The loop's task interface over several tasks; selects by the mean task metric."""
 
     name = "multitask"

@@ -25,6 +25,7 @@ from tunelab.data.subwords import (
     encode_words,
     word_predictions,
 )
+from tunelab.tasks.base import Task
 from tunelab.tasks.metrics import ner_metrics
 
 
@@ -43,7 +44,7 @@ class Entity:
     words: tuple[int, int]  # word span, end exclusive
 
 
-class TokenClassificationTask:
+class TokenClassificationTask(Task):
     name = "token_classification"
     default_metric = "f1"
 

@@ -11,7 +11,9 @@ after training, by generation with the run's settings (beams, max new tokens).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -21,6 +23,8 @@ from torch import nn
 from tunelab.data.parallel import Pair
 from tunelab.data.render import IGNORE, Renderer
 from tunelab.data.sft import Conversation
+from tunelab.runs.layout import write_json
+from tunelab.tasks.base import Inside, Task
 from tunelab.tasks.causal_lm import CausalLMTask, token_loss
 
 
@@ -38,7 +42,7 @@ def first_line(text: str) -> str:
     return stripped.splitlines()[0].strip() if stripped else ""
 
 
-class Translating:
+class Translating(Task):
     """What both routes share: generate for every source, score against the references."""
 
     gen: Any  # config.Generation
@@ -62,6 +66,34 @@ class Translating:
         """(BLEU/chrF on the test pairs, the hypotheses)."""
         hyps = self.translate(model, [p.source for p in self.test], device)
         return translation_scores(hyps, [p.target for p in self.test]), hyps
+
+    def test_before(self, inside: Inside, device: torch.device, run_dir: Path, resumed: bool,
+                    write: bool, log: Callable[[str], None]) -> dict[str, float]:
+        """Scored before training too; a resumed run reads the score its first start wrote."""
+        path = run_dir / "test_before.json"
+        if resumed and path.is_file():
+            return json.loads(path.read_text())
+        log(f"scoring the test split ({len(self.test)} examples) before training ...")
+        scores, _ = inside(lambda m: self.test_scores(m, device))
+        if write:
+            write_json(path, scores)
+        return scores
+
+    def test_after(self, inside: Inside, device: torch.device, run_dir: Path, write: bool,
+                   log: Callable[[str], None]) -> dict[str, float]:
+        """Scored after training; the translations go to test_translations.jsonl."""
+        log("scoring the test split after training ...")
+        scores, hyps = inside(lambda m: self.test_scores(m, device))
+        if write:
+            write_translations(run_dir / "test_translations.jsonl", self.test, hyps)
+        return scores
+
+
+def write_translations(path: Path, pairs: list[Pair], hyps: list[str]) -> None:
+    rows = [{"source": p.source, "reference": p.target, "hypothesis": h}
+            for p, h in zip(pairs, hyps)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
 
 
 class DecoderTranslationTask(Translating, CausalLMTask):

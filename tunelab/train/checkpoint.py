@@ -11,7 +11,7 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -19,7 +19,7 @@ from torch import nn
 
 from tunelab.errors import CheckpointError
 from tunelab.io import atomic_dir
-from tunelab.train.fsdp import copy_into, load_optimizer_state
+from tunelab.train.fsdp import copy_into, load_optimizer_state, optimizer_state
 
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -109,3 +109,49 @@ def _py_rng_to_json(state: tuple) -> list:
 def _py_rng_from_json(state: list) -> tuple:
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+class RunCheckpoints:
+    """A run's checkpoints/ and best/, as the loop writes and reads them. Rank 0 writes
+    (DDP keeps every rank's weights identical; FSDP gathers its shards first, a collective:
+    every rank enters `gathered`); the others wait for it."""
+
+    def __init__(self, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, dist: Any, gathered: Callable[[], Any], sharded: bool,
+                 keep: int):
+        self.dir, self.best_dir = run_dir / "checkpoints", run_dir / "best"
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.dist, self.gathered, self.sharded, self.keep = dist, gathered, sharded, keep
+
+    def save(self, step: int, loop: dict[str, Any],
+             hook_state: Callable[[], dict[str, Any]]) -> Path:
+        """Checkpoint `step` with the loop state `loop` and the method hook's state."""
+        path = self.dir / f"step-{step:07d}"
+        by_name = optimizer_state(self.model, self.optimizer) if self.sharded else None
+        with self.gathered():
+            if self.dist.main:
+                save_checkpoint(self.dir, step, self.model, self.optimizer, self.scheduler,
+                                {"loop": loop}, self.keep, by_name, hook_state())
+        self.dist.barrier()
+        return path
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """(path, state) of the newest checkpoint, loaded into model, optimizer, scheduler
+        and the RNGs; None when there is none."""
+        found = list_checkpoints(self.dir)
+        if not found:
+            return None
+        return found[-1], load_checkpoint(found[-1], self.model, self.optimizer, self.scheduler)
+
+    def save_best(self) -> None:
+        with self.gathered():
+            if self.dist.main:
+                save_weights(self.model, self.best_dir)
+
+    def restore_best(self) -> bool:
+        self.dist.barrier()  # rank 0 wrote it
+        best = self.best_dir / WEIGHTS
+        if not best.is_file():
+            return False
+        load_trainable(self.model, best)
+        return True
