@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from tunelab.errors import TunelabError
 
@@ -14,7 +15,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunelab", description="Fine-tune pretrained language models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_training, _config_and_data, _using_runs, _adapters, _studies):
+        add(sub)
+    return p
 
+
+def _training(sub: Any) -> None:
+    """train and meta: a run from a config."""
     t = sub.add_parser("train", help="fine-tune from a YAML config")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.lr=1e-4")
@@ -27,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     me.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. meta.episodes=100")
     me.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
 
+
+def _config_and_data(sub: Any) -> None:
+    """config show, info and data inspect / augment: look before training."""
     c = sub.add_parser("config", help="config tools")
     csub = c.add_subparsers(dest="config_command", required=True)
     show = csub.add_parser("show", help="print the effective config")
@@ -36,22 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="matched modules and parameter counts, without training")
     i.add_argument("config")
     i.add_argument("overrides", nargs="*")
-
-    e = sub.add_parser("eval", help="score a trained run: accuracy, macro-F1 and confusion "
-                                    "matrix; entity P/R/F1 per type for token classification")
-    e.add_argument("run_dir", type=Path)
-    e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
-    e.add_argument("--split", choices=["dev", "test"], default="dev")
-    _adapter_options(e)
-    e.add_argument("--task", help="multitask runs: the task to score (default: every task)")
-
-    pr = sub.add_parser("predict", help="label and probability per text; the entities with "
-                                        "their character spans for token classification")
-    pr.add_argument("run_dir", type=Path)
-    pr.add_argument("texts", nargs="*")
-    pr.add_argument("--file", type=Path, help="one text per line")
-    _adapter_options(pr)
-    pr.add_argument("--task", help="multitask runs: the task to serve")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -67,6 +61,25 @@ def _parser() -> argparse.ArgumentParser:
     aug.add_argument("overrides", nargs="*")
     aug.add_argument("--out", type=Path, required=True, help="the JSONL file to write")
     aug.add_argument("--epoch", type=int, default=0, help="whose copies (they change per epoch)")
+
+
+def _using_runs(sub: Any) -> None:
+    """eval, predict, generate, chat and report: a trained run at work."""
+    e = sub.add_parser("eval", help="score a trained run: accuracy, macro-F1 and confusion "
+                                    "matrix; entity P/R/F1 per type for token classification")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--data", help="a file in the training data's format (default: the dev set)")
+    e.add_argument("--split", choices=["dev", "test"], default="dev")
+    _adapter_options(e)
+    e.add_argument("--task", help="multitask runs: the task to score (default: every task)")
+
+    pr = sub.add_parser("predict", help="label and probability per text; the entities with "
+                                        "their character spans for token classification")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("texts", nargs="*")
+    pr.add_argument("--file", type=Path, help="one text per line")
+    _adapter_options(pr)
+    pr.add_argument("--task", help="multitask runs: the task to serve")
 
     for name, helptext in (("generate", "generate text from a causal LM run or model"),
                            ("chat", "interactive chat with a causal LM run or model")):
@@ -90,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
                    "reloading the model, no data statistics or dev predictions")
     r.add_argument("--samples", type=int, default=10, help="example rows per sample table")
 
+
+def _adapters(sub: Any) -> None:
+    """merge and export: adapters into models, adapters into other formats."""
     m = sub.add_parser("merge", help="fold a run's adapter into its base (merge RUN_DIR OUT), or "
                                      "combine several LoRA adapters (merge A B ... --out OUT)")
     m.add_argument("sources", nargs="+", type=Path,
@@ -107,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--into-base", action="store_true", help="write a merged full model instead")
     m.add_argument("--base", help="the base model, when the adapters name it differently")
 
+    x = sub.add_parser("export", help="write a run's adapter in another format (an AdaLoRA "
+                                      "run as a plain LoRA adapter at its final ranks)")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--to", choices=["lora"], required=True)
+    x.add_argument("out", type=Path)
+
+
+def _studies(sub: Any) -> None:
+    """cv and tune: many runs of one config."""
     cv = sub.add_parser("cv", help="K-fold cross-validation of a config: per-fold scores, "
                                    "mean and standard deviation")
     cv.add_argument("config")
@@ -128,13 +153,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="what each OUT/trial-N keeps besides its scores and logs")
     tu.add_argument("--no-prune", action="store_true", help="let every trial run to the end")
     tu.add_argument("--overwrite", action="store_true", help="start a new study in output_dir")
-
-    x = sub.add_parser("export", help="write a run's adapter in another format (an AdaLoRA "
-                                      "run as a plain LoRA adapter at its final ranks)")
-    x.add_argument("run_dir", type=Path)
-    x.add_argument("--to", choices=["lora"], required=True)
-    x.add_argument("out", type=Path)
-    return p
 
 
 def _adapter_options(p: argparse.ArgumentParser) -> None:
@@ -166,77 +184,125 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    # Each branch imports its command when it runs: `tunelab --help` loads no torch.
-    from tunelab.commands import evaluate, info, merge_run, predict
+# Each command imports its module when it runs: `tunelab --help` loads no torch.
+
+
+def _config(args: argparse.Namespace) -> Any:
     from tunelab.config import load_config
 
-    if args.command == "config":
-        print(info.show_config(load_config(args.config, args.overrides)), end="")
-    elif args.command == "info":
-        info.info(load_config(args.config, args.overrides))
-    elif args.command == "train":
-        from tunelab.recipes.run import train
+    return load_config(args.config, args.overrides)
 
-        train(load_config(args.config, args.overrides), resume=args.resume,
-              overwrite=args.overwrite)
-    elif args.command == "meta":
-        from tunelab.meta.config import load_meta_config
-        from tunelab.meta.run import meta
 
-        meta(load_meta_config(args.config, args.overrides), overwrite=args.overwrite)
-    elif args.command == "eval":
-        evaluate.evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter,
-                          args.task)
-    elif args.command == "predict":
-        predict.predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter,
-                          args.task)
-    elif args.command == "data" and args.data_command == "augment":
+def _show(args: argparse.Namespace) -> None:
+    from tunelab.commands.info import show_config
+
+    print(show_config(_config(args)), end="")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from tunelab.commands.info import info
+
+    info(_config(args))
+
+
+def _train(args: argparse.Namespace) -> None:
+    from tunelab.recipes.run import train
+
+    train(_config(args), resume=args.resume, overwrite=args.overwrite)
+
+
+def _meta(args: argparse.Namespace) -> None:
+    from tunelab.meta.config import load_meta_config
+    from tunelab.meta.run import meta
+
+    meta(load_meta_config(args.config, args.overrides), overwrite=args.overwrite)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from tunelab.commands.evaluate import evaluate
+
+    evaluate(args.run_dir, args.data, args.split, args.add_adapter, args.adapter, args.task)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from tunelab.commands.predict import predict
+
+    predict(args.run_dir, args.texts, args.file, args.add_adapter, args.adapter, args.task)
+
+
+def _data(args: argparse.Namespace) -> None:
+    if args.data_command == "augment":
         from tunelab.commands.augment import materialise
 
-        materialise(load_config(args.config, args.overrides), args.out, args.epoch)
-    elif args.command == "data":
-        from tunelab.commands.inspect_data import inspect
+        materialise(_config(args), args.out, args.epoch)
+        return
+    from tunelab.commands.inspect_data import inspect
 
-        inspect(load_config(args.config, args.overrides), args.n,
-                colour=False if args.no_color else None)
-    elif args.command == "generate":
-        from tunelab.commands.generate import generate
+    inspect(_config(args), args.n, colour=False if args.no_color else None)
 
-        generate(args.target, args.prompt, args.file, args.out, args.system, args.max_new_tokens,
-                 args.temperature, args.add_adapter, args.adapter)
-    elif args.command == "chat":
-        from tunelab.commands.generate import chat
 
-        chat(args.target, args.system, args.max_new_tokens, args.temperature,
-             adapters=args.add_adapter, use=args.adapter)
-    elif args.command == "report":
-        from tunelab.report import report
+def _generate(args: argparse.Namespace) -> None:
+    from tunelab.commands.generate import generate
 
-        report(args.run_dirs, args.out, not args.no_data, args.samples)
-    elif args.command == "merge" and args.out is None:
-        given = [o for o in ("weights", "density", "rank", "head", "base") if getattr(args, o) is not None]
-        merge_run.merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
-                           + (["into_base"] if args.into_base else []))
-    elif args.command == "merge":
-        from tunelab.commands.merge import merge_adapters
-        from tunelab.methods.merging import CombineSpec
+    generate(args.target, args.prompt, args.file, args.out, args.system, args.max_new_tokens,
+             args.temperature, args.add_adapter, args.adapter)
 
-        spec = CombineSpec(args.combine, args.density, args.rank, args.majority_sign, args.seed)
-        merge_adapters(args.sources, args.out, args.weights, spec, args.into_base, args.head,
-                       args.base)
-    elif args.command == "cv":
-        from tunelab.eval.cv import cross_validate
 
-        cross_validate(load_config(args.config, args.overrides), args.folds, args.keep,
-                       args.overwrite)
-    elif args.command == "tune":
-        from tunelab.eval.tune import tune
+def _chat(args: argparse.Namespace) -> None:
+    from tunelab.commands.generate import chat
 
-        tune(args.config, args.overrides, args.trials, args.cv, args.keep, args.overwrite,
-             prune=not args.no_prune)
-    elif args.command == "export":
-        from tunelab.commands.export import export_run
+    chat(args.target, args.system, args.max_new_tokens, args.temperature,
+         adapters=args.add_adapter, use=args.adapter)
 
-        export_run(args.run_dir, args.to, args.out)
+
+def _report(args: argparse.Namespace) -> None:
+    from tunelab.report import report
+
+    report(args.run_dirs, args.out, not args.no_data, args.samples)
+
+
+def _merge(args: argparse.Namespace) -> None:
+    if args.out is None:  # merge RUN_DIR OUT: one run folded into its base
+        from tunelab.commands.merge_run import merge_one
+
+        given = [o for o in ("weights", "density", "rank", "head", "base")
+                 if getattr(args, o) is not None]
+        merge_one(args.sources, given + (["combine"] if args.combine != "linear" else [])
+                  + (["into_base"] if args.into_base else []))
+        return
+    from tunelab.commands.merge import merge_adapters
+    from tunelab.methods.merging import CombineSpec
+
+    spec = CombineSpec(args.combine, args.density, args.rank, args.majority_sign, args.seed)
+    merge_adapters(args.sources, args.out, args.weights, spec, args.into_base, args.head,
+                   args.base)
+
+
+def _cv(args: argparse.Namespace) -> None:
+    from tunelab.eval.cv import cross_validate
+
+    cross_validate(_config(args), args.folds, args.keep, args.overwrite)
+
+
+def _tune(args: argparse.Namespace) -> None:
+    from tunelab.eval.tune import tune
+
+    tune(args.config, args.overrides, args.trials, args.cv, args.keep, args.overwrite,
+         prune=not args.no_prune)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from tunelab.commands.export import export_run
+
+    export_run(args.run_dir, args.to, args.out)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
+    "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
+    "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export}
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    COMMANDS[args.command](args)
     return 0

@@ -16,6 +16,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
 from tunelab.recipes.multitask import save_task_runs
+from tunelab.recipes.base import Setup
 from tunelab.recipes.setup import setup
 from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, write_json
 from tunelab.runs.trained import run_chain
@@ -92,42 +93,19 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     dev evaluation and may raise to stop the run (a tuner pruning a trial)."""
     t_start = time.perf_counter()
     dist = distributed.init()
-    if not dist.main:
-        log = _quiet  # rank 0 reports for all
+    log = log if dist.main else _quiet  # rank 0 reports for all
     device = pick_device(cfg.train.device, dist)
     seed_everything(cfg.train.seed)
-    s = setup(cfg, log, splits)  # data first: errors before weights load
-    report = methods.apply(s.model, cfg.method)
-    for line in report.lines():
-        log(line)
-    if cfg.model.init_adapter:
-        init_from_adapter(s.model, cfg.model.init_adapter, cfg.method.name)
-        log(f"adapter and head weights start from {cfg.model.init_adapter}")
-    choose_batches(cfg, s.task, s.model, log)
+    s, report = _build(cfg, log, splits)
     run_dir = prepare_output(cfg, resume, overwrite, dist)
+    saves_adapter = methods.METHODS[cfg.method.name].saves_adapter
     if dist.main:
-        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        _write_run_files(cfg, s, run_dir, dist.world, saves_adapter)
     s.model.to(device)
-    method_cls = methods.METHODS[cfg.method.name]
-    artifact = ADAPTER_DIR if method_cls.saves_adapter else MODEL_DIR
-    if dist.main:
-        write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
-                                          "model_name": cfg.model.name,
-                                          "method": cfg.method.name, "artifact": artifact,
-                                          "max_length": cfg.model.max_length, "world_size": dist.world,
-                                          **run_chain(cfg.model.name), **s.info})
-
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
-                      lr_scales=report.lr_scales, on_eval=on_eval,
-                      hook=report.hook)
+                      lr_scales=report.lr_scales, on_eval=on_eval, hook=report.hook)
     start = trainer.resume() if resume else 0
-    log(f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
-        f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
-        f"{trainer.precision}" + (f", {dist.world} processes ({cfg.train.distributed.upper()})"
-                                 if dist.active else "")
-        + "".join(f", {name}" for name, on in (
-            ("gradient checkpointing", getattr(s.model, "is_gradient_checkpointing", False)),
-            ("torch.compile", cfg.train.compile)) if on))  # prepare() compiles when asked
+    log(_plan_line(cfg, trainer, s.model, device, dist))
     # tasks scored by generation on a test split (translation) are scored before and after
     test_before = s.task.test_before(trainer.inside, device, run_dir, start > 0, dist.main, log)
     result = trainer.fit(start)
@@ -137,34 +115,79 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     test = s.task.test_after(trainer.inside, device, run_dir, dist.main, log) \
         if test_before is not None else None
     # FSDP: every rank gathers the shards, rank 0 writes them whole
-    whole = fsdp.model_state(s.model) if trainer.fsdp and not method_cls.saves_adapter else None
+    whole = fsdp.model_state(s.model) if trainer.fsdp and not saves_adapter else None
     with trainer.gathered():
         if dist.main:
-            out = _save_artifact(s, cfg, report, method_cls.saves_adapter, run_dir, whole,
-                                 final)
+            out = _save_artifact(s, cfg, report, saves_adapter, run_dir, whole, final)
     if not dist.main:
         dist.barrier()  # wait for rank 0 to finish writing, then leave
         return {"rank": dist.rank, "final_dev": final}
-    plot = plot_history(result.history, run_dir / "plot.png")
-    scores = _scores(final)
-    summary = {"task": cfg.task, "metric": trainer.metric, "best": result.best,
-               "steps": result.steps, "total_steps": result.total_steps,
-               "stopped_early": result.stopped_early, "initial_dev": _scores(trainer.initial_eval),
-               "final_dev": scores, "dev_examples": len(s.dev), "restored_best": bool(restored),
+    summary = {"task": cfg.task, "metric": trainer.metric, **_outcome(result, trainer, final),
+               "dev_examples": len(s.dev), "restored_best": bool(restored),
                **({"test_before": test_before, "test": test} if test is not None else {}),
-               "train_seconds": result.seconds, "wall_seconds": time.perf_counter() - t_start,
-               "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
-               "precision": trainer.precision, "trainable": report.trainable, "total": report.total,
-               "artifact_kind": "adapter" if method_cls.saves_adapter else "model",
-               "artifact": str(out), "metrics_file": str(run_dir / METRICS_FILE),
-               "plot": str(plot) if plot else None, "checkpoints": str(run_dir / "checkpoints"),
-               "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1]),
+               "wall_seconds": time.perf_counter() - t_start, "precision": trainer.precision,
+               "trainable": report.trainable, "total": report.total,
+               **_files(run_dir, out, saves_adapter, result.history),
                **trainer.hook.finish(run_dir, log)}
     write_json(run_dir / "summary.json", summary)
     for line in summary_lines(summary):
         log(line)
     dist.barrier()
     return summary
+
+
+def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any) -> tuple[Setup, Any]:
+    """Data, model and task (data first: errors before weights load), then the method."""
+    s = setup(cfg, log, splits)
+    report = methods.apply(s.model, cfg.method)
+    for line in report.lines():
+        log(line)
+    if cfg.model.init_adapter:
+        init_from_adapter(s.model, cfg.model.init_adapter, cfg.method.name)
+        log(f"adapter and head weights start from {cfg.model.init_adapter}")
+    choose_batches(cfg, s.task, s.model, log)
+    return s, report
+
+
+def _write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
+                     saves_adapter: bool) -> None:
+    """config.yaml and run.json: what ran, and what a later command needs to load it."""
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
+                                      "model_name": cfg.model.name, "method": cfg.method.name,
+                                      "artifact": ADAPTER_DIR if saves_adapter else MODEL_DIR,
+                                      "max_length": cfg.model.max_length, "world_size": world,
+                                      **run_chain(cfg.model.name), **s.info})
+
+
+def _plan_line(cfg: RunConfig, trainer: Trainer, model: torch.nn.Module, device: torch.device,
+               dist: Dist) -> str:
+    return (f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
+            f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
+            f"{trainer.precision}" + (f", {dist.world} processes "
+                                      f"({cfg.train.distributed.upper()})" if dist.active else "")
+            + "".join(f", {name}" for name, on in (
+                ("gradient checkpointing", getattr(model, "is_gradient_checkpointing", False)),
+                ("torch.compile", cfg.train.compile)) if on))  # prepare() compiles when asked
+
+
+def _outcome(result: Any, trainer: Trainer, final: dict[str, Any] | None) -> dict[str, Any]:
+    """summary.json's record of the training itself: steps, selection, scores, speed."""
+    return {"best": result.best, "steps": result.steps, "total_steps": result.total_steps,
+            "stopped_early": result.stopped_early,
+            "initial_dev": _scores(trainer.initial_eval), "final_dev": _scores(final),
+            "train_seconds": result.seconds,
+            "tokens_per_s": result.tokens / max(result.seconds, 1e-9)}
+
+
+def _files(run_dir: Path, artifact: Path, saves_adapter: bool,
+           history: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's pointers to what the run wrote (plot.png is drawn here)."""
+    plot = plot_history(history, run_dir / "plot.png")
+    return {"artifact_kind": "adapter" if saves_adapter else "model", "artifact": str(artifact),
+            "metrics_file": str(run_dir / METRICS_FILE), "plot": str(plot) if plot else None,
+            "checkpoints": str(run_dir / "checkpoints"),
+            "last_checkpoint": str(ckpt.list_checkpoints(run_dir / "checkpoints")[-1])}
 
 
 def choose_batches(cfg: RunConfig, task: Task, model: torch.nn.Module,
