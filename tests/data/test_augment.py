@@ -301,7 +301,7 @@ PARAPHRASES = ["a fast brown fox", "hi world", "the ocean and the sky", "one two
 @pytest.fixture(scope="module")
 def translation_runs(tmp_path_factory):
     """Two tiny T5 runs that overfit four pairs: en -> de, and de -> en onto paraphrases."""
-    from test_translation import PAIRS, config, tiny_t5_dir, write_corpus
+    from translation_fixtures import PAIRS, config, tiny_t5_dir, write_corpus
     from tunelab.recipes.run import train
 
     root = tmp_path_factory.mktemp("bt")

@@ -166,8 +166,8 @@ def test_catalog_name_resolves_in_data_dir(tmp_path, monkeypatch):
 @pytest.mark.parametrize("overrides,message", [
     (["data.tag_colum=2"], "config: unknown key 'data.tag_colum' (did you mean 'data.tag_column'?); "
                            "valid keys here: train, dev, test, token_column, tag_column, scheme, "
-                           "label_all_subtokens, dev_fraction, split_seed, max_train_examples, "
-                           "max_eval_examples"),
+                           "encoding, label_all_subtokens, dev_fraction, split_seed, "
+                           "max_train_examples, max_eval_examples, allow_unknown_tokens"),
     (["data.scheme=bio"], "config: data.scheme: input should be 'iob1', 'iob2' or 'bioes' (got 'bio')"),
     (["data.token_column=1", "data.tag_column=1"],
      "config: data: token_column and tag_column are both 1; the words and the tags must come "

@@ -74,7 +74,8 @@ def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:
     import torch
 
     d = cfg.data
-    records = load_records(data, d.format, d.columns, d.roles) if data else split_records(cfg)[1]
+    records = (load_records(data, d.format, d.columns, d.roles, encoding=d.encoding) if data
+               else split_records(cfg)[1])
     renderer = renderer_for(cfg, tokenizer)
     encoded, stats = renderer.encode(records)
     scores = CausalLMTask(tokenizer, renderer, packing=False).evaluate(

@@ -10,12 +10,13 @@ side onto their base model (multi_adapter.py), combined by add_weighted_adapter
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tunelab.commands.merge_run import write_model
 from tunelab.errors import AdapterError
+from tunelab.io import write_text
 from tunelab.methods.lora import lora_layers
 from tunelab.methods.merging import CombineSpec
 from tunelab.methods.multi_adapter import (
@@ -74,9 +75,9 @@ def merge_adapters(sources: list[Path], out: Path, weights: list[float] | None, 
     save_named_adapter(model, MERGED, adapter_out, base or bases[0], configs[0].get("task_type"))
     if info:  # a run directory: tunelab eval / predict / generate read it as they read a run
         first_run = next(p for p, (_, i) in zip(sources, found) if i)
-        shutil.copyfile(first_run / "config.yaml", out / "config.yaml")
+        write_text(out / "config.yaml", (first_run / "config.yaml").read_text(encoding="utf-8"))
         write_json(out / RUN_INFO, {**info, "merge": record})
-    (adapter_out / "tunelab_merge.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text(adapter_out / "tunelab_merge.json", json.dumps(record, indent=2) + "\n")
     print(f"wrote {adapter_out} (PEFT LoRA adapter" +
           (f"; `tunelab eval {out}` and `tunelab predict {out}` use it)" if info else ")"))
     return out
@@ -120,8 +121,7 @@ def _write_merged_model(model: Any, tokenizer: Any, out: Path, task: str) -> Pat
     set_adapter(model, MERGED)  # layers without it run, and are folded, as the base
     folded = sum(MERGED in layer.adapter_names() for layer in lora_layers(model).values())
     merge_layers(model)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    write_model(model, tokenizer, out)
     print(f"merged the combined adapter into {folded} layers of the base; wrote {out} (loads with "
           f"transformers.{AUTO_CLASSES.get(task, 'AutoModel')}.from_pretrained)")
     return out

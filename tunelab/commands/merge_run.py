@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 from tunelab.errors import AdapterError
+from tunelab.io import DiskFullError, atomic_dir, fault_point
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models.load import AUTO_CLASSES
 from tunelab.runs.trained import load_trained
@@ -27,9 +30,26 @@ def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
 def merge(run_dir: Path, out: Path) -> Path:
     model, tokenizer, info = load_trained(run_dir)
     n = merge_layers(model)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    write_model(model, tokenizer, out)
     auto = AUTO_CLASSES.get(info.get("route", info["task"]), "AutoModel")
     print(f"merged {n} adapter layers into the base; wrote {out} (loads with "
           f"transformers.{auto}.from_pretrained)")
     return out
+
+
+def write_model(model: Any, tokenizer: Any, out: Path) -> None:
+    """Save a merged model as a whole: filled under a temp name, fsynced, renamed to `out`
+    (an interrupted merge leaves no half-written `out`, and an earlier merge there stays
+    whole until the new one is complete). `out` must be new, empty or an earlier model
+    directory (config.json): a folder of other files is never replaced."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise AdapterError(f"{out} already holds other files (no config.json of a merged "
+                           "model); write the merged model to a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            fault_point("merge:half")  # the weights written, the tokenizer not yet
+            tokenizer.save_pretrained(tmp)
+    except DiskFullError as exc:
+        raise AdapterError(str(exc)) from None

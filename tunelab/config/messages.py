@@ -54,18 +54,18 @@ def _walk(loc: tuple[Any, ...], root: Any
     """
     out: list[Any] = []
     cls: Any = root
-    parent: list[type[StrictModel]] = _models_in(root)[:1]  # a union: its first class
+    parent: list[type[StrictModel]] = models_in(root)[:1]  # a union: its first class
     for part in loc:
         if typing.get_origin(cls) is dict:  # user-named entries (a multitask run's tasks)
             out.append(part)
             cls = typing.get_args(cls)[1]
             continue
         if (typing.get_origin(cls) is list and isinstance(part, int)
-                and _models_in(typing.get_args(cls)[0])):  # an item of a list of sections
+                and models_in(typing.get_args(cls)[0])):  # an item of a list of sections
             out.append(part)
             cls = typing.get_args(cls)[0]
             continue
-        options = _models_in(cls)
+        options = models_in(cls)
         if not options:  # a leaf value: the rest are pydantic's type markers
             break
         if len(options) > 1:
@@ -87,15 +87,15 @@ def _fields_at(loc: tuple[Any, ...], root: Any) -> list[str]:
         list(models[0].model_fields)
 
 
-def _models_in(annotation: Any) -> list[type[StrictModel]]:
+def models_in(annotation: Any) -> list[type[StrictModel]]:
     """The StrictModel classes an annotation may hold (unwraps Optional, Union, Annotated)."""
     if isinstance(annotation, type) and issubclass(annotation, StrictModel):
         return [annotation]
     origin = typing.get_origin(annotation)
     if origin is Annotated:
-        return _models_in(typing.get_args(annotation)[0])
+        return models_in(typing.get_args(annotation)[0])
     if origin in (Union, types.UnionType):
-        return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+        return [m for a in typing.get_args(annotation) for m in models_in(a)]
     return []
 
 

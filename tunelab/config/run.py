@@ -1,4 +1,4 @@
-"""RunConfig and its parts, and load_config(yaml, overrides): one validated object per run.
+"""The run types (one per task) built from the config sections; loading lives in config.load.
 
 Everything a run needs is checked here, before any weights load. Errors name the dotted
 key at fault and, for unknown keys, the closest valid one.
@@ -7,13 +7,10 @@ key at fault and, for unknown keys, the closest valid one.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from tunelab.config.messages import describe
 from tunelab.config.sections import (
     ConllDataConfig,
     DataConfig,
@@ -25,15 +22,12 @@ from tunelab.config.sections import (
     TrainConfig,
     TranslationDataConfig,
 )
-from tunelab.config.tree import read_yaml, with_overrides
-from tunelab.errors import ConfigError
 from tunelab.methods.registry import METHODS
 from tunelab.schema import StrictModel
 
 __all__ = ["ClassificationRun", "TokenClassificationRun", "CausalLMRun", "TranslationRun",
            "MaskedLMRun", "SEARCH_KEY", "ClassificationPart", "TokenClassificationPart",
-           "TaskPart", "MultiTaskRun", "RUN_TYPES", "RunConfig", "RUN_CONFIG", "TASKS",
-           "load_config", "validate", "dump_config"]
+           "TaskPart", "MultiTaskRun", "RUN_TYPES", "RunConfig", "RUN_CONFIG", "TASKS"]
 
 
 class _RunBase(StrictModel):
@@ -235,33 +229,4 @@ RUN_TYPES = (ClassificationRun, CausalLMRun, TokenClassificationRun, Translation
              MultiTaskRun)
 RunConfig = Union[RUN_TYPES]  # type: ignore[valid-type]
 RUN_CONFIG = Annotated[RunConfig, Field(discriminator="task")]
-_ADAPTER = TypeAdapter(RUN_CONFIG)
 TASKS = tuple(t.model_fields["task"].default for t in RUN_TYPES)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> RunConfig:
-    """Read YAML (or start from `base`), apply overrides, validate; raise ConfigError once."""
-    tree: dict[str, Any] = dict(base or {})
-    if path is not None:
-        tree = read_yaml(path)
-    tree.pop(SEARCH_KEY, None)  # `tunelab tune` reads it; every other command runs the config as is
-    with_overrides(tree, overrides)
-    return validate(tree, source=str(path) if path else "config")
-
-
-def validate(tree: dict[str, Any], source: str = "config") -> RunConfig:
-    if isinstance(tree, dict) and "task" not in tree:
-        tree = {"task": "classification", **tree}
-    try:
-        return _ADAPTER.validate_python(tree)
-    except ValidationError as exc:
-        lines = [describe(err, RUN_CONFIG, TASKS) for err in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(dict.fromkeys(lines))) from None
-
-
-def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -5,9 +5,10 @@ The run types that combine them, and loading, live in tunelab.config.run.
 
 from __future__ import annotations
 
+import codecs
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tunelab.config.augment import AugmentConfig
 from tunelab.methods.registry import METHODS
@@ -16,6 +17,20 @@ from tunelab.schema import StrictModel
 __all__ = ["ModelConfig", "ColumnMap", "DataConfig", "MethodConfig", "EarlyStopping",
            "TrainConfig", "SftDataConfig", "ConllDataConfig", "TranslationDataConfig",
            "Generation", "MaskedLMDataConfig"]
+
+
+def _known_encoding(v: str) -> str:
+    """data.encoding: a text encoding Python knows (utf-8, latin-1, cp1252, utf-16, ...)."""
+    try:
+        codecs.lookup(v)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {v!r} (e.g. utf-8, latin-1, cp1252, "
+                         "utf-16)") from None
+    return v
+
+
+# the data files' text encoding; utf-8 reads a leading byte-order mark too
+Encoding = Annotated[str, AfterValidator(_known_encoding)]
 
 
 class ModelConfig(StrictModel):
@@ -41,6 +56,7 @@ class DataConfig(StrictModel):
     format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
     header: bool | None = None  # None: the catalog's setting, else True for tsv/csv
     columns: ColumnMap | None = None
+    encoding: Encoding = "utf-8"
     dev_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # used only when no dev file exists
     split_seed: int = 0
     max_train_examples: int | None = Field(None, ge=1)
@@ -51,6 +67,9 @@ class DataConfig(StrictModel):
     # where the model reads them (BERT-style classifiers), else train.bucket_by_length;
     # true: packed, or an error saying why not
     packing: bool | None = None
+    # run on when over 30% of the text's tokens are the tokenizer's unknown token (the model's
+    # vocabulary lacks the script); without it such data stop the run
+    allow_unknown_tokens: bool = False
 
 
 MethodConfig = Annotated[
@@ -104,6 +123,7 @@ class SftDataConfig(StrictModel):
     format: Literal["auto", "alpaca", "messages", "prompt_completion", "text"] = "auto"
     columns: dict[str, str] = {}  # our field name -> the file's, e.g. {output: answer}
     roles: dict[str, str] = {}  # the file's role name -> user / assistant / system
+    encoding: Encoding = "utf-8"
     template: str | None = None  # a Jinja chat template file; default: the tokenizer's own
     loss_on: Literal["assistant", "last_turn", "all"] = "assistant"
     truncation: Literal["right", "drop"] = "right"  # over model.max_length: cut, or drop
@@ -119,6 +139,9 @@ class SftDataConfig(StrictModel):
     max_examples: int | None = Field(None, ge=1)  # train on the first N (after the split)
     samples: int = Field(3, ge=0)  # held-out prompts generated at each evaluation
     sample_tokens: int = Field(64, ge=1)
+    # run on when over 30% of the text's tokens are the tokenizer's unknown token (the model's
+    # vocabulary lacks the script); without it such data stop the run
+    allow_unknown_tokens: bool = False
 
 
 class ConllDataConfig(StrictModel):
@@ -130,11 +153,15 @@ class ConllDataConfig(StrictModel):
     token_column: int = Field(0, ge=0)  # 0-based column holding the word
     tag_column: int = Field(-1, ge=-1)  # 0-based column holding the tag; -1: the last one
     scheme: Literal["iob1", "iob2", "bioes"] = "iob2"  # the files' tagging; IOB2 internally
+    encoding: Encoding = "utf-8"
     label_all_subtokens: bool = False  # False: only a word's first sub-token trains
     dev_fraction: float = Field(0.1, gt=0.0, lt=1.0)  # used only when no dev file exists
     split_seed: int = 0
     max_train_examples: int | None = Field(None, ge=1)  # sentences
     max_eval_examples: int | None = Field(None, ge=1)
+    # run on when over 30% of the text's tokens are the tokenizer's unknown token (the model's
+    # vocabulary lacks the script); without it such data stop the run
+    allow_unknown_tokens: bool = False
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> "ConllDataConfig":
@@ -150,6 +177,7 @@ class TranslationDataConfig(StrictModel):
     path: str = "multi30k"  # a catalog name or a directory
     source_lang: str = "en"
     target_lang: str = "de"
+    encoding: Encoding = "utf-8"
     train_split: str | None = None  # None: the catalog's names (Multi30k: train, val,
     dev_split: str | None = None  # test_2016_flickr), else train, dev, test
     test_split: str | None = None
@@ -183,6 +211,7 @@ class MaskedLMDataConfig(StrictModel):
     text_column: str | int | None = None  # None: the catalog's text column, else "text"
     header: bool | None = None  # .tsv/.csv: None means the catalog's setting, else True
     text_split: Literal["paragraph", "line", "file"] = "paragraph"  # documents in a .txt file
+    encoding: Encoding = "utf-8"
     eval_path: str | None = None  # held-out texts (same column); default: eval_size from path
     eval_size: int = Field(200, ge=1)
     split_seed: int = 0

@@ -16,6 +16,7 @@ from pathlib import Path
 from tunelab.config import ConllDataConfig
 from tunelab.data.catalog import catalog_path
 from tunelab.data.splits import limit_sizes
+from tunelab.data.text import DEFAULT_ENCODING, read_text, split_lines
 from tunelab.errors import DataError
 
 # catalog name -> (train, dev, test) under the data directory
@@ -107,7 +108,8 @@ def _from_bioes(parts: list[tuple[str, str]]) -> list[str]:
     return out
 
 
-def read_conll(path: Path, token_column: int, tag_column: int, scheme: str) -> list[Sentence]:
+def read_conll(path: Path, token_column: int, tag_column: int, scheme: str,
+               encoding: str = DEFAULT_ENCODING) -> list[Sentence]:
     """Every sentence of a CoNLL file, tags converted from `scheme` to IOB2."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -126,27 +128,23 @@ def read_conll(path: Path, token_column: int, tag_column: int, scheme: str) -> l
             words.clear()
             tags.clear()
 
-    try:
-        with path.open(encoding="utf-8") as f:
-            for line, raw in enumerate(f, start=1):
-                fields = raw.split()
-                if not fields or fields[0] == DOCSTART:
-                    flush()
-                    doc += bool(fields)  # a -DOCSTART- line opens the next document
-                    continue
-                if not width:  # the first data line fixes the column count
-                    width = len(fields)
-                    tag_col = tag_column if tag_column >= 0 else width - 1
-                    _check_columns(path, line, width, token_column, tag_col)
-                if len(fields) != width:
-                    raise DataError(f"{path}:{line}: expected {width} whitespace-separated "
-                                    f"columns (as on the first line), found {len(fields)}")
-                if not words:
-                    start = line
-                words.append(fields[token_column])
-                tags.append(fields[tag_col])
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for line, raw in enumerate(split_lines(read_text(path, encoding)), start=1):
+        fields = raw.split()
+        if not fields or fields[0] == DOCSTART:
+            flush()
+            doc += bool(fields)  # a -DOCSTART- line opens the next document
+            continue
+        if not width:  # the first data line fixes the column count
+            width = len(fields)
+            tag_col = tag_column if tag_column >= 0 else width - 1
+            _check_columns(path, line, width, token_column, tag_col)
+        if len(fields) != width:
+            raise DataError(f"{path}:{line}: expected {width} whitespace-separated "
+                            f"columns (as on the first line), found {len(fields)}")
+        if not words:
+            start = line
+        words.append(fields[token_column])
+        tags.append(fields[tag_col])
     flush()
     if not sentences:
         raise DataError(f"{path}: no sentences found (expected one word per line, a blank line "
@@ -195,8 +193,19 @@ def sources(cfg: ConllDataConfig) -> tuple[Path, str | None, str | None]:
             cfg.test or str(catalog_path(entry[2])))
 
 
-def read_like_training(cfg: ConllDataConfig, path: str | Path) -> list[Sentence]:
-    return read_conll(Path(path).expanduser(), cfg.token_column, cfg.tag_column, cfg.scheme)
+SPLIT_INDEX = {"train": 0, "dev": 1, "test": 2}
+
+
+def read_like_training(cfg: ConllDataConfig, path: str | Path, split: str = "dev") -> list[Sentence]:
+    """A CoNLL file read like the training data (data.dev, data.test, eval --data); a catalog
+    name reads that dataset's `split` file."""
+    entry = CONLL_CATALOG.get(path.strip().lower()) if isinstance(path, str) else None
+    file = catalog_path(entry[SPLIT_INDEX[split]]) if entry else Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{file}: file not found (data.train, data.dev, data.test and `tunelab "
+                        f"eval --data` each take a file path or a catalog name: "
+                        f"{', '.join(CONLL_CATALOG)})")
+    return read_conll(file, cfg.token_column, cfg.tag_column, cfg.scheme, cfg.encoding)
 
 
 def check_types(sentences: list[Sentence], tags: list[str]) -> None:
@@ -212,9 +221,9 @@ def check_types(sentences: list[Sentence], tags: list[str]) -> None:
 def load_conll_splits(cfg: ConllDataConfig) -> TagSplits:
     train_path, dev_src, test_src = sources(cfg)
     notes = []
-    train = read_like_training(cfg, train_path)
+    train = read_like_training(cfg, train_path, "train")
     if dev_src:
-        dev = read_like_training(cfg, dev_src)
+        dev = read_like_training(cfg, dev_src, "dev")
     else:
         order = list(range(len(train)))
         random.Random(cfg.split_seed).shuffle(order)
@@ -226,7 +235,7 @@ def load_conll_splits(cfg: ConllDataConfig) -> TagSplits:
         train = [train[i] for i in sorted(order[cut:])]
         notes.append(f"no dev file: held out {len(dev)} training sentences "
                      f"({cfg.dev_fraction:.0%}, seed {cfg.split_seed})")
-    test = read_like_training(cfg, test_src) if test_src else None
+    test = read_like_training(cfg, test_src, "test") if test_src else None
     types = entity_types(train)
     if not types:
         raise DataError(f"{train_path}: no entity in the training data (every tag is O)")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.data.catalog import catalog_path
+from tunelab.data.text import DEFAULT_ENCODING, read_text, split_lines
 from tunelab.errors import DataError
 
 PARALLEL_CATALOG = {"multi30k": "multi30k"}
@@ -35,14 +36,14 @@ def corpus_dir(name: str) -> Path:
 
 
 def read_parallel(directory: Path, split: str, source: str, target: str,
-                  limit: int | None = None) -> list[Pair]:
+                  limit: int | None = None, encoding: str = DEFAULT_ENCODING) -> list[Pair]:
     """The first `limit` aligned pairs of `split` (all when None)."""
     paths = [directory / f"{split}.{lang}" for lang in (source, target)]
     for path in paths:
         if not path.is_file():
             found = sorted(p.name for p in directory.iterdir() if p.is_file())
             raise DataError(f"{path}: not found; files there: {', '.join(found[:12])}")
-    src, tgt = (p.read_text(encoding="utf-8").splitlines() for p in paths)
+    src, tgt = (split_lines(read_text(p, encoding)) for p in paths)
     if len(src) != len(tgt):
         raise DataError(f"{paths[0]} has {len(src)} lines but {paths[1]} has {len(tgt)}: "
                         "parallel files must be line-aligned")

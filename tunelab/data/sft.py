@@ -7,13 +7,13 @@ file and the line (JSONL) or item (JSON array); nothing is skipped silently.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.data.catalog import catalog_path
 from tunelab.data.readers import json_lines
+from tunelab.data.text import DEFAULT_ENCODING, parse_json, read_text, split_lines
 from tunelab.errors import DataError
 
 SFT_CATALOG = {
@@ -61,20 +61,19 @@ def resolve_sft_path(name: str) -> Path:
     return path
 
 
-def raw_records(path: Path) -> list[tuple[dict[str, Any], str]]:
+def raw_records(path: Path, encoding: str = DEFAULT_ENCODING) -> list[tuple[dict[str, Any], str]]:
     """(record, where) pairs from a JSON array or JSON Lines file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, encoding)
     if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        items = parse_json(text, str(path), line_of_error=True)
+        if not isinstance(items, list):  # e.g. `[1] 2`: JSON, but not one array
+            raise DataError(f"{path}: expected a JSON array of records")
         pairs = [(item, f"{path}[item {i}]") for i, item in enumerate(items)]
         for record, where in pairs:
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object")
     else:
-        pairs = [(record, f"{path}:{line}") for line, record in json_lines(path)]
+        pairs = [(record, f"{path}:{line}") for line, record in json_lines(path, encoding)]
     if not pairs:
         raise DataError(f"{path}: no records found")
     return pairs
@@ -150,7 +149,7 @@ def _messages(value: Any, roles: dict[str, str], where: str, key: str) -> list[d
             raise DataError(f"{where}: {key}[{i}] is not an object")
         role = message.get("role", message.get("from"))
         content = message.get("content", message.get("value"))
-        if role not in roles:
+        if not isinstance(role, str) or role not in roles:
             raise DataError(f"{where}: {key}[{i}] has role {role!r}; known roles: "
                             f"{', '.join(sorted(roles))} (map others with data.roles)")
         if not isinstance(content, str):
@@ -161,16 +160,16 @@ def _messages(value: Any, roles: dict[str, str], where: str, key: str) -> list[d
     return out
 
 
-def text_documents(path: Path, split: str) -> list[PlainText]:
+def text_documents(path: Path, split: str, encoding: str = DEFAULT_ENCODING) -> list[PlainText]:
     """A .txt file as documents: blank-line separated paragraphs, single lines, or the file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, encoding)
     if split == "file":
         chunks = [(1, text)]
     elif split == "line":
-        chunks = list(enumerate(text.splitlines(), 1))
+        chunks = list(enumerate(split_lines(text), 1))
     else:
         chunks, start, lines = [], 1, []
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(split_lines(text), 1):
             if line.strip():
                 start = start if lines else number
                 lines.append(line)
@@ -186,13 +185,13 @@ def text_documents(path: Path, split: str) -> list[PlainText]:
 
 
 def load_records(path_or_name: str, fmt: str, columns: dict[str, str], roles: dict[str, str],
-                 text_split: str = "paragraph") -> list[Record]:
+                 text_split: str = "paragraph", encoding: str = DEFAULT_ENCODING) -> list[Record]:
     path = resolve_sft_path(path_or_name)
     if path.suffix == ".txt":
         if fmt not in ("auto", "text"):
             raise DataError(f"{path}: a .txt file is plain text; set data.format to text or auto, "
                             f"not {fmt}")
-        return list(text_documents(path, text_split))
-    pairs = raw_records(path)
+        return list(text_documents(path, text_split, encoding))
+    pairs = raw_records(path, encoding)
     chosen = fmt if fmt != "auto" else detect_format(pairs[0][0], columns, pairs[0][1])
     return [to_record(raw, chosen, columns, roles, where) for raw, where in pairs]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from tunelab.config import DataConfig
-from tunelab.data.catalog import catalog_path, lookup
+from tunelab.data.catalog import CATALOG, catalog_path, lookup
 from tunelab.data.readers import Columns, Example, read_examples
 from tunelab.errors import DataError
 
@@ -57,10 +57,29 @@ def source_settings(cfg: DataConfig) -> tuple[str, bool, Columns]:
                                 text_pair=cols.get("text_pair"))
 
 
-def read_like_training(cfg: DataConfig, path: str | Path) -> list[Example]:
-    """Read another file with the training data's format and columns (eval --data)."""
+NAMES_NOTE = (f"data.train, data.dev, data.test and `tunelab eval --data` each take a file "
+              f"path or a catalog name ({', '.join(CATALOG)})")
+
+
+def read_like_training(cfg: DataConfig, path: str | Path, split: str = "dev") -> list[Example]:
+    """Read another file with the training data's format and columns (data.dev, data.test,
+    eval --data). A catalog name reads that dataset's `split` file, in the catalog's layout."""
+    entry = lookup(path) if isinstance(path, str) else None
+    if entry is not None:
+        relative = getattr(entry, split)
+        if relative is None:
+            have = [s for s in ("dev", "test") if getattr(entry, s)]
+            raise DataError(f"{str(path).strip()}: the catalog dataset has no {split} file (it has "
+                            f"{', '.join(['train', *have])}); give a file path for the {split} data")
+        cols = entry.columns
+        columns = Columns(text=cols["text"], label=cols["label"], text_pair=cols.get("text_pair"))
+        return read_examples(catalog_path(relative), entry.format, entry.header, columns,
+                             cfg.encoding)
     fmt, header, columns = source_settings(cfg)
-    return read_examples(Path(path).expanduser(), fmt, header, columns)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"{file}: file not found ({NAMES_NOTE})")
+    return read_examples(file, fmt, header, columns, cfg.encoding)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -73,18 +92,18 @@ def load_splits(cfg: DataConfig) -> Splits:
         train_path = Path(cfg.train).expanduser()
         dev_src, test_src = cfg.dev, cfg.test
 
-    def read(p: str | Path) -> list[Example]:
-        return read_like_training(cfg, p)
+    def read(p: str | Path, split: str) -> list[Example]:
+        return read_like_training(cfg, p, split)
 
     notes = []
-    train = read(train_path)
+    train = read(train_path, "train")
     if dev_src:
-        dev = read(dev_src)
+        dev = read(dev_src, "dev")
     else:
         train, dev = stratified_split(train, cfg.dev_fraction, cfg.split_seed)
         notes.append(f"no dev file: held out {len(dev)} training examples "
                      f"({cfg.dev_fraction:.0%}, stratified, seed {cfg.split_seed})")
-    test = read(test_src) if test_src else None
+    test = read(test_src, "test") if test_src else None
     labels = sort_labels({e.label for e in train})
     if len(labels) < 2:
         raise DataError(f"{train_path}: only one label ({labels[0]!r}) in the training data")
@@ -98,11 +117,13 @@ def load_splits(cfg: DataConfig) -> Splits:
     return Splits(train, dev, test, labels, notes)
 
 
-def hold_out(items: list, size: int, seed: int, what: str = "examples") -> tuple[list, list]:
+def hold_out(items: list, size: int, seed: int, what: str = "examples", source: str = ""
+             ) -> tuple[list, list]:
     """(the rest, `size` items held out): a seeded random choice, both parts in file order."""
     if size >= len(items):
-        raise DataError(f"data.eval_size {size} leaves no training {what} out of {len(items)}; "
-                        "lower it or give data.eval_path")
+        where = f"{source}: " if source else ""
+        raise DataError(f"{where}data.eval_size {size} leaves no training {what} out of "
+                        f"{len(items)}; lower it or give data.eval_path")
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     return [items[i] for i in sorted(order[size:])], [items[i] for i in sorted(order[:size])]
@@ -157,8 +178,8 @@ def eval_items(cfg, data: str | None, split: str, load: Callable, read_like: Cal
                ) -> tuple[list, str]:
     """The examples `tunelab eval` scores and their name: the file `--data`, read like the
     run's training data, or the run's own dev or test split."""
-    if data:
-        return read_like(cfg.data, data), data
+    if data:  # a file, or a catalog name: that dataset's `split` file
+        return read_like(cfg.data, data, split), data
     splits = load(cfg.data)
     if split == "test" and splits.test is None:
         raise DataError("this run's data has no test file; pass --data PATH")

@@ -17,10 +17,10 @@ from typing import Any, Callable
 from tunelab.config import RunConfig
 from tunelab.data import load_splits
 from tunelab.data.conll import load_conll_splits
-from tunelab.errors import CheckpointError, ConfigError
+from tunelab.errors import ConfigError
 from tunelab.eval.folds import Folds, grouped_folds, stratified_folds
 from tunelab.recipes.run import train
-from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, check_replaceable, write_json
 from tunelab.tasks.causal_lm import CausalLMTask
 from tunelab.tasks.classification import ClassificationTask
 from tunelab.tasks.metrics import HIGHER_IS_BETTER
@@ -56,11 +56,10 @@ def tidy(run_dir: Path, keep: str) -> None:
 
 
 def fresh_dir(out: Path, overwrite: bool, what: str) -> None:
-    """An empty output directory: an earlier one is an error unless --overwrite."""
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"output_dir {out} is not empty; pass --overwrite to replace "
-                                  f"it, or set output_dir for this {what}")
+    """An empty output directory: an earlier one is an error unless --overwrite (and only a
+    directory tunelab wrote is ever replaced)."""
+    check_replaceable(out, overwrite, what)
+    if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 

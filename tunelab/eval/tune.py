@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import SEARCH_KEY, RunConfig, dump_config, validate
-from tunelab.config.tree import read_yaml, with_overrides
+from tunelab.config.switch import apply_overrides
+from tunelab.config.tree import read_yaml
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.eval.cv import (
     LOG_FILE,
@@ -29,6 +31,7 @@ from tunelab.eval.cv import (
     tidy,
 )
 from tunelab.eval.search import Param, parse_space, with_values
+from tunelab.io import write_text
 from tunelab.recipes.run import config_diff, train
 from tunelab.runs.layout import write_json
 from tunelab.tasks.metrics import HIGHER_IS_BETTER
@@ -49,7 +52,8 @@ def load_search(path: str | Path, overrides: list[str] | None = None
         raise ConfigError(f"{path}: no '{SEARCH_KEY}:' section to tune; add one, e.g. "
                           f"{SEARCH_KEY}: {{train.lr: {{log_uniform: [1.0e-5, 1.0e-2]}}, "
                           "method.r: {choice: [4, 8, 16]}}")
-    with_overrides(tree, overrides)
+    for note in apply_overrides(tree, overrides, str(path)):
+        print(f"note: {note}", file=sys.stderr)
     cfg = validate(tree, str(path))
     return tree, cfg, parse_space(raw, tree, str(path))
 
@@ -202,7 +206,7 @@ def _report(study: Any, tree: dict[str, Any], space: list[Param], metric: str, o
                    f"best trial {best.number}")
     text = (f"# tunelab tune: trial {best.number} of {len(trials)}, dev {metric} "
             f"{best.value:.4f}; {_show(values)}\n" + dump_config(cfg))
-    (out / BEST_YAML).write_text(text, encoding="utf-8")
+    write_text(out / BEST_YAML, text)  # atomic: a kill leaves the previous best.yaml
     result = {"trial": best.number, "metric": metric, "value": best.value, "params": values,
               "run_dir": best.user_attrs.get("run_dir"), "config": str(out / BEST_YAML),
               "finished": len(_finished(study)), "pruned": sum(

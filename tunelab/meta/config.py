@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +10,8 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from tunelab.config import DataConfig, MethodConfig, ModelConfig
 from tunelab.config.messages import describe
-from tunelab.config.tree import read_yaml, with_overrides
+from tunelab.config.switch import apply_overrides
+from tunelab.config.tree import read_yaml
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.schema import StrictModel
@@ -64,7 +66,9 @@ _META = TypeAdapter(MetaRun)
 
 def load_meta_config(path: str | Path | None, overrides: list[str] | None = None) -> MetaRun:
     """Read YAML, apply `key=value` overrides, validate; one ConfigError naming every bad key."""
-    tree = with_overrides(read_yaml(path) if path is not None else {}, overrides)
+    tree = read_yaml(path) if path is not None else {}
+    for note in apply_overrides(tree, overrides, str(path) if path else "config"):
+        print(f"note: {note}", file=sys.stderr)
     if isinstance(tree.get("method"), dict) and "name" not in tree["method"]:
         tree["method"] = {"name": "lora", **tree["method"]}
     try:

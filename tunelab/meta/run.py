@@ -12,14 +12,14 @@ from typing import Any, Callable
 import yaml
 
 from tunelab import methods
-from tunelab.errors import CheckpointError
+from tunelab.io import write_text
 from tunelab.meta.config import MetaRun
 from tunelab.meta.episodes import build_pools
 from tunelab.meta.learn import meta_train
 from tunelab.methods.peft_format import save_adapter
 from tunelab.models import load_classifier, load_tokenizer
 from tunelab.recipes.run import seed_everything
-from tunelab.runs.layout import ADAPTER_DIR, write_json
+from tunelab.runs.layout import ADAPTER_DIR, check_replaceable, write_json
 from tunelab.runs.resolve import resolve
 
 
@@ -27,9 +27,7 @@ def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = pri
     t0 = time.perf_counter()
     s = cfg.meta
     out = Path(cfg.output_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CheckpointError(f"output_dir {out} already holds a run; pass --overwrite to "
-                              "replace it, or set output_dir")
+    check_replaceable(out, overwrite, "run")
     seed_everything(s.seed)
     model_path = resolve(cfg.model.name)
     tokenizer = load_tokenizer(model_path)
@@ -49,8 +47,8 @@ def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = pri
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-                                     encoding="utf-8")
+    write_json(out / "meta.json", {"algorithm": s.algorithm})  # marks a tunelab output
+    write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     adapter = save_adapter(model, cfg.method, report.head, str(model_path), out / ADAPTER_DIR)
     with open(out / "episodes.jsonl", "w", encoding="utf-8") as f:
         for h in history:

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import AdapterError
-from tunelab.io import atomic_write
+from tunelab.io import DiskFullError, atomic_dir, atomic_write, fault_point
 from tunelab.methods import targets as tgt
 from tunelab.methods.base import (
     PEFT_PREFIX,
@@ -82,12 +83,39 @@ def save_adapter(model: nn.Module, cfg: StrictModel, head: list[str], base_model
     return write_adapter(out, config, tensors, method.config_file)
 
 
+# files an adapter directory may hold besides its config: replacing such a directory as a
+# whole loses nothing (tunelab_merge.json: `tunelab merge` writes it after the adapter)
+_ADAPTER_FILES = {WEIGHTS_FILE, "README.md", "tunelab_merge.json"}
+
+
 def write_adapter(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                   config_file: str = CONFIG_FILE) -> Path:
-    """Write an adapter's weights and settings atomically (temp files, then rename)."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    atomic_write(out / config_file, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    """Write an adapter's weights and settings atomically: a new (or adapter-only) directory
+    is filled under a temp name, fsynced and renamed into place, so weights and config are
+    always of one save; into a directory that holds other files, each file is replaced
+    atomically (weights first). A full disk is an AdapterError naming the file."""
+    known = _ADAPTER_FILES | {m.config_file for m in adapter_methods()} | {config_file}
+    whole = not out.exists() or {p.name for p in out.iterdir()} <= known
+
+    def weights(p: Path) -> None:
+        save_file(tensors, str(p), metadata={"format": "pt"})
+
+    def settings(p: Path) -> None:
+        p.write_text(json.dumps(config, indent=2) + "\n")
+
+    try:
+        if whole:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_dir(out) as tmp:
+                weights(tmp / WEIGHTS_FILE)
+                fault_point("adapter:half")  # weights written, config not yet
+                settings(tmp / config_file)
+        else:
+            atomic_write(out / WEIGHTS_FILE, weights)
+            fault_point("adapter:half")
+            atomic_write(out / config_file, settings)
+    except DiskFullError as exc:
+        raise AdapterError(str(exc)) from None
     return out
 
 
@@ -97,10 +125,7 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[A
     path = next((Path(adapter_dir) / f for f in files if (Path(adapter_dir) / f).is_file()), None)
     if path is None:
         raise AdapterError(f"{adapter_dir}: no {CONFIG_FILE}; is this a PEFT adapter directory?")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    config = _read_json(path)
     if not isinstance(config, dict):
         raise AdapterError(f"{path}: expected a JSON object of adapter settings")
     method = next((m for m in adapter_methods()
@@ -112,13 +137,42 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[dict[str, Any], type[A
     return config, method, path
 
 
+def _read_json(path: Path) -> Any:
+    """A JSON file of adapter settings; damage is an AdapterError naming the file (and line)."""
+    try:
+        raw = path.read_bytes()
+        return json.loads(raw.decode("utf-8-sig"))
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise AdapterError(f"{path}:{line}: byte 0x{raw[exc.start]:02x} at offset {exc.start} "
+                           "is not valid utf-8 (adapter configs are UTF-8 JSON)") from None
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except (RecursionError, ValueError) as exc:  # nested too deeply; a 5000-digit number
+        raise AdapterError(f"{path}: not valid JSON ({type(exc).__name__}: {exc})") from None
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an adapter's safetensors file; a damaged file (truncated, a bad header)
+    is an AdapterError naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise AdapterError(f"{path}: not a readable safetensors file ({exc}); was it "
+                           "truncated or damaged?") from None
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | Path, head: list[str]) -> ApplyReport:
     """Inject the layers an adapter describes into `model`, then load its weights."""
     config, method, path = read_adapter_config(adapter_dir)
     weights_path = weights_file(adapter_dir, path)
     cfg = method_config(config, method, path)
     report = METHODS[cfg.name].apply(model, cfg, head)  # p_tuning's adapter loads as prompt_tuning
-    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
+    state = method.take_extra_tensors(model, read_weights(weights_path), str(weights_path))
     _load_state(model, state, weights_path)
     return report
 
@@ -134,6 +188,9 @@ def method_config(config: dict[str, Any], method: type[AdapterMethod[C]], path: 
     """The tunelab method config an adapter config describes; bad values name the file and key."""
     try:
         return method.config_from_adapter(config, str(path))
+    except (TypeError, AttributeError, KeyError) as exc:  # a key of the wrong JSON type
+        raise AdapterError(f"{path}: a setting has the wrong type for the {method.name} adapter "
+                           f"({type(exc).__name__}: {exc})") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -148,7 +205,7 @@ def init_from_adapter(model: nn.Module, adapter_dir: str | Path, method_name: st
         raise AdapterError(f"model.init_adapter: {path} holds a {method.name} adapter but "
                            f"method.name is {method_name}; use the adapter's method and settings")
     weights_path = weights_file(adapter_dir, path)
-    state = method.take_extra_tensors(model, load_file(str(weights_path)), str(weights_path))
+    state = method.take_extra_tensors(model, read_weights(weights_path), str(weights_path))
     _load_state(model, state, weights_path)
 
 

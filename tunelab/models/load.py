@@ -1,4 +1,9 @@
-"""Build the task model and tokenizer: unchanged transformers objects, quiet about expected noise."""
+"""Build the task model and tokenizer: unchanged transformers objects, quiet about expected noise.
+
+Loading never runs code from the model directory: trust_remote_code is always False (a
+config whose auto_map names its own Python module is refused), and transformers reads
+weights from safetensors or, for a legacy .bin, with torch.load(weights_only=True), which
+refuses any pickle that would call a function."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def load_tokenizer(path: Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"{path}: cannot load a tokenizer ({type(exc).__name__}: {exc})") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -42,7 +47,7 @@ def _config(source: Path, dropout: float | None) -> Any:
     transformers.logging.set_verbosity_error()  # "newly initialised classifier" is expected
     transformers.utils.logging.disable_progress_bar()
     try:
-        config = AutoConfig.from_pretrained(str(source))
+        config = AutoConfig.from_pretrained(str(source), trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"{source}: cannot read the model config ({exc})") from None
     if dropout is not None:
@@ -86,7 +91,7 @@ def _labelled_model(auto_cls: Any, what: str, path: Path, labels: list[str],
     if pad_token_id is not None:
         config.pad_token_id = pad_token_id  # decoders find the last real token by this id
     try:
-        return auto_cls.from_pretrained(str(source), config=config)
+        return auto_cls.from_pretrained(str(source), config=config, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"{source}: cannot build {what} ({type(exc).__name__}: {exc})") from None
 
@@ -105,7 +110,8 @@ def _load_lm(auto_class: Any, what: str, path: Path, dropout: float | None,
     source = weights_from or path
     config = _config(source, dropout)
     try:
-        return auto_class.from_pretrained(str(source), config=config, dtype=torch.float32)
+        return auto_class.from_pretrained(str(source), config=config, dtype=torch.float32,
+                                         trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"{source}: cannot build {what} ({type(exc).__name__}: {exc})") from None
 

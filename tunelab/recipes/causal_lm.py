@@ -6,6 +6,7 @@ from typing import Callable
 
 from tunelab.config import CausalLMRun
 from tunelab.data.blocks import encode_blocks, held_out_blocks
+from tunelab.data.coverage import check_coverage, record_fields
 from tunelab.data.render import LMEncoded, Renderer
 from tunelab.data.sft import load_records
 from tunelab.data.splits import hold_out
@@ -18,9 +19,9 @@ from tunelab.tasks.causal_lm import CausalLMTask
 def split_records(cfg: CausalLMRun) -> tuple[list, list]:
     """(train, held-out) records: eval_path if given, else a seeded random hold-out."""
     d = cfg.data
-    records = load_records(d.path, d.format, d.columns, d.roles, d.text_split)
+    records = load_records(d.path, d.format, d.columns, d.roles, d.text_split, d.encoding)
     if d.eval_path:
-        held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split)
+        held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split, d.encoding)
     else:
         records, held = hold_out(records, d.eval_size, d.split_seed)
     if d.max_examples:
@@ -34,6 +35,14 @@ def renderer_for(cfg: CausalLMRun, tokenizer) -> Renderer:
                     d.template)
 
 
+def check_readable(cfg: CausalLMRun, tokenizer, splits: dict[str, list],
+                   log: Callable[[str], None]) -> None:
+    """Unknown-token share of each field of the records (tunelab/data/coverage.py); a no-op for
+    byte-level tokenizers, which never produce the unknown token."""
+    check_coverage(tokenizer, {name: record_fields(records) for name, records in splits.items()},
+                   log, allow=cfg.data.allow_unknown_tokens, model=cfg.model.name)
+
+
 def causal_lm(cfg: CausalLMRun, log: Callable[[str], None]) -> Setup:
     d = cfg.data
     model_path = resolve(cfg.model.name)
@@ -43,6 +52,7 @@ def causal_lm(cfg: CausalLMRun, log: Callable[[str], None]) -> Setup:
         train, dev, info = _blocks(cfg, tokenizer, log)
     else:
         train_records, held = split_records(cfg)
+        check_readable(cfg, tokenizer, {"train": train_records, "held-out": held}, log)
         train, stats = renderer.encode(train_records)
         dev, dev_stats = renderer.encode(held)
         log(f"data: {len(train)} train / {len(dev)} held-out examples; loss on {d.loss_on} tokens; "
@@ -62,10 +72,11 @@ def causal_lm(cfg: CausalLMRun, log: Callable[[str], None]) -> Setup:
 def _blocks(cfg: CausalLMRun, tokenizer, log: Callable[[str], None]):
     """Continued pretraining data: (train blocks, held-out blocks, run.json info)."""
     d, size = cfg.data, cfg.model.max_length
-    records = load_records(d.path, d.format, d.columns, d.roles, d.text_split)
+    records = load_records(d.path, d.format, d.columns, d.roles, d.text_split, d.encoding)
+    check_readable(cfg, tokenizer, {"train": records}, log)
     if d.eval_path:
         train, _, stats = encode_blocks(tokenizer, records, size, None)
-        held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split)
+        held = load_records(d.eval_path, d.format, d.columns, d.roles, d.text_split, d.encoding)
         dev = held_out_blocks(tokenizer, encode_blocks(tokenizer, held, size, None)[0].input_ids,
                               d.samples)
     else:

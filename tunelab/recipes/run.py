@@ -14,11 +14,17 @@ import yaml
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
+from tunelab.io import write_text
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
-from tunelab.recipes.multitask import save_task_runs
 from tunelab.recipes.base import Setup
+from tunelab.recipes.multitask import save_task_runs
 from tunelab.recipes.setup import setup
-from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, write_json
+from tunelab.runs.layout import (
+    ADAPTER_DIR,
+    MODEL_DIR,
+    check_replaceable,
+    write_json,
+)
 from tunelab.runs.trained import run_chain
 from tunelab.tasks.base import Task
 from tunelab.train import checkpoint as ckpt
@@ -64,9 +70,8 @@ def prepare_output(cfg: RunConfig, resume: bool, overwrite: bool, dist: Dist = D
             raise CheckpointError(f"--resume: the config differs from the run in {run_dir}: "
                                   + "; ".join(diffs[:5]) + "; resume with the same config or "
                                   "train into a new output_dir")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise CheckpointError(f"output_dir {run_dir} already holds a run; pass --resume to "
-                              "continue it, --overwrite to replace it, or set output_dir")
+    else:
+        check_replaceable(run_dir, overwrite, "run", resumable=True)
     dist.barrier()  # every rank has checked before rank 0 changes anything
     if dist.main:
         if not resume and run_dir.exists():
@@ -152,7 +157,7 @@ def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any) -> tuple[Set
 def _write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
                      saves_adapter: bool) -> None:
     """config.yaml and run.json: what ran, and what a later command needs to load it."""
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    write_text(run_dir / "config.yaml", dump_config(cfg))
     write_json(run_dir / "run.json", {"task": cfg.task, "base_model": str(s.model_path),
                                       "model_name": cfg.model.name, "method": cfg.method.name,
                                       "artifact": ADAPTER_DIR if saves_adapter else MODEL_DIR,

@@ -6,6 +6,7 @@ from typing import Callable
 
 from tunelab.config import TokenClassificationRun
 from tunelab.data.conll import TagSplits, load_conll_splits
+from tunelab.data.coverage import check_coverage
 from tunelab.models import load_token_classifier, load_tokenizer
 from tunelab.recipes.base import Setup
 from tunelab.runs.resolve import resolve
@@ -24,6 +25,11 @@ def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]
         + ("every sub-token (B-X continues as I-X)" if d.label_all_subtokens
            else "the first sub-token of each word"))
     tokenizer = load_tokenizer(model_path)
+    check_coverage(tokenizer, {"train": {"words": [s.words for s in splits.train]},
+                               "dev": {"words": [s.words for s in splits.dev]}},
+                   log, allow=d.allow_unknown_tokens, model=cfg.model.name,
+                   max_length=cfg.model.max_length, split_words=True,
+                   labels={"words": f"words (file column {d.token_column})"})
     model = load_token_classifier(model_path, splits.tags, cfg.model.dropout,
                                   pad_token_id=tokenizer.pad_token_id)
     task = TokenClassificationTask(splits.tags, cfg.model.max_length, tokenizer.pad_token_id,

@@ -21,8 +21,8 @@ def translation_pairs(d: TranslationDataConfig) -> tuple[dict[str, str], dict[st
     split = {"train": d.train_split or names["train"], "dev": d.dev_split or names["dev"],
              "test": d.test_split or names["test"]}
     limits = {"train": d.max_train_examples, "dev": d.max_dev_examples, "test": d.max_test_examples}
-    return split, {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k])
-                   for k in split}
+    return split, {k: read_parallel(root, split[k], d.source_lang, d.target_lang, limits[k],
+                                    d.encoding) for k in split}
 
 
 def translation_task(cfg: TranslationRun, tokenizer, seq2seq: bool, log: Callable[[str], None]

@@ -9,6 +9,9 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.errors import TunelabError
+from tunelab.io import DiskFullError, fault_point, write_bytes, write_text
+
 Cell = str | int | float | None
 
 
@@ -171,9 +174,14 @@ def to_markdown(doc: Document) -> str:
 def write(doc: Document, out_dir: Path, stem: str) -> tuple[Path, Path]:
     """OUT/stem.html (everything inline), OUT/stem.md and its PNGs; returns both page paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for fig in doc.figures():
-        (out_dir / fig.file).write_bytes(fig.png)
     page, md = out_dir / f"{stem}.html", out_dir / f"{stem}.md"
-    page.write_text(to_html(doc), encoding="utf-8")
-    md.write_text(to_markdown(doc), encoding="utf-8")
+    html, markdown = to_html(doc), to_markdown(doc)  # built before anything is written
+    try:
+        for fig in doc.figures():
+            write_bytes(out_dir / fig.file, fig.png)
+        fault_point("report:half")  # the figures written, the pages not yet
+        write_text(page, html)  # each file atomically: a kill leaves the previous page
+        write_text(md, markdown)
+    except DiskFullError as exc:
+        raise TunelabError(str(exc)) from None
     return page, md

@@ -14,7 +14,6 @@ run's artifact changes (a fingerprint of its files is kept beside it).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from tunelab.errors import AdapterError, ModelError
+from tunelab.io import DiskFullError, atomic_dir
 from tunelab.methods.peft_format import load_adapter, merge
 from tunelab.models import (
     load_causal_lm,
@@ -75,18 +75,18 @@ def as_base(run_dir: Path) -> Path:
     model, tokenizer, _ = _trained(run_dir)
     state = _state(model, drop_heads=info["task"] in LABELLED)
     state.update(_base_only(Path(info["base_model"]), model, state))
-    tmp = run_dir / f".{AS_BASE}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    config = AutoConfig.from_pretrained(info["base_model"])  # not the run's dropout override
+    # the base's own config, not the run's dropout override
+    config = AutoConfig.from_pretrained(info["base_model"], trust_remote_code=False)
     config.architectures = [type(model).__name__]
-    config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-              str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        with atomic_dir(out) as tmp:  # fsynced, then renamed into place as a whole
+            config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                      str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            (tmp / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
+    except DiskFullError as exc:
+        raise ModelError(str(exc)) from None
     return out
 
 
@@ -119,7 +119,7 @@ def _base_only(base: Path, model: torch.nn.Module, state: dict[str, torch.Tensor
     from transformers import AutoModel
 
     encoder, info = AutoModel.from_pretrained(str(base), dtype=torch.float32,
-                                              output_loading_info=True)
+                                              trust_remote_code=False, output_loading_info=True)
     absent = set(info.get("missing_keys", ()))  # drawn at random, not in the checkpoint
     prefix = model.base_model_prefix + "." if model.base_model is not model else ""
     taken = set(state) | {n for n, _ in model.named_parameters(remove_duplicate=False)}

@@ -1,5 +1,12 @@
 """Checkpoints: trainable weights, optimizer, scheduler, RNG and loop state, written atomically.
 
+Each checkpoint is filled under a hidden temp name (`.step-NNNNNNN.tmpPID`), fsynced file by
+file and as a directory, then renamed to `step-NNNNNNN`; `list_checkpoints` (what --resume
+reads) sees only those final names, so a process killed mid-write (SIGKILL included) leaves
+the previous checkpoint as the newest. Older ones are pruned only after the new one is in
+place. best/ holds one file, replaced by an atomic rename. A full disk is a CheckpointError
+naming the file; the previous checkpoint stays.
+
 Only parameters that train are stored (the frozen base is re-loaded from the model), so a
 LoRA checkpoint is small. Files are safetensors and a weights_only torch file: nothing is
 unpickled beyond tensors and plain containers.
@@ -18,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunelab.errors import CheckpointError
-from tunelab.io import atomic_dir
+from tunelab.io import DiskFullError, atomic_dir, atomic_write, fault_point, recover_dir
 from tunelab.train.fsdp import copy_into, load_optimizer_state, optimizer_state
 
 WEIGHTS = "trainable.safetensors"
@@ -43,9 +50,15 @@ def load_trainable(model: nn.Module, path: Path) -> None:
 
 
 def save_weights(model: nn.Module, directory: Path) -> None:
-    """Trainable weights alone (the best model so far), replaced atomically."""
-    with atomic_dir(directory) as tmp:
-        save_file(trainable_state(model), str(tmp / WEIGHTS))
+    """Trainable weights alone (the best model so far), replaced atomically: one file, so
+    no moment exists without a whole best/ (a directory swap would have one)."""
+    recover_dir(directory)  # a best/ written by an older tunelab as a directory swap
+    directory.mkdir(parents=True, exist_ok=True)
+    state = trainable_state(model)
+    try:
+        atomic_write(directory / WEIGHTS, lambda p: save_file(state, str(p)))
+    except DiskFullError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -58,24 +71,36 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
     path = root / f"step-{step:07d}"
     optim = {"optimizer_by_name": optimizer_by_name} if optimizer_by_name is not None \
         else {"optimizer": optimizer.state_dict()}
+    try:
+        _write_checkpoint(path, model, optim, scheduler, state, step, hook_state)
+    except DiskFullError as exc:
+        raise CheckpointError(f"{exc} (checkpoint {path.name} was not written; the run's "
+                              "earlier checkpoints are intact)") from None
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for debris in root.glob(".step-*"):  # temp dirs of writes killed before their rename
+        shutil.rmtree(debris, ignore_errors=True)
+    return path
+
+
+def _write_checkpoint(path: Path, model: nn.Module, optim: dict[str, Any], scheduler: Any,
+                      state: dict[str, Any], step: int, hook_state: dict[str, Any] | None) -> None:
     with atomic_dir(path) as tmp:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
+        fault_point("checkpoint:half")  # weights written, optimizer and state not yet
         torch.save({**optim, "scheduler": scheduler.state_dict(), "hook": hook_state or {},
                     "rng_torch": torch.get_rng_state(),
                     "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                    tmp / OPTIMIZER)
         full = {**state, "step": step, "rng_python": _py_rng_to_json(random.getstate())}
         (tmp / STATE).write_text(json.dumps(full, indent=1))
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints (an interrupted write never gets its final name), oldest first."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
+    return sorted(p for p in root.glob("step-*") if p.is_dir() and (p / STATE).is_file())
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
