@@ -193,7 +193,7 @@ def test_tune_errors_come_before_any_trial(tiny_model_dir, tiny_data, tmp_path, 
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "other.txt").write_text("x")
     write_config(path, tree, {"train.lr": {"log_uniform": [1e-5, 1e-2]}})
-    with pytest.raises(CheckpointError, match="not empty; pass --overwrite"):
+    with pytest.raises(CheckpointError, match="is not empty and is not a tunelab run"):
         tune(path, None, 1, log=quiet)
 
 
