@@ -14,7 +14,7 @@ import yaml
 from tunelab import methods
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
-from tunelab.io import write_text
+from tunelab.io import DiskFullError, atomic_dir, write_text
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
 from tunelab.recipes.base import Setup
 from tunelab.recipes.multitask import save_task_runs
@@ -211,8 +211,12 @@ def _save_artifact(s: Any, cfg: RunConfig, report: Any, adapter: bool, run_dir: 
         return save_adapter(s.model, cfg.method, report.head, str(s.model_path),
                             run_dir / ADAPTER_DIR, task=s.info.get("route", cfg.task))
     out = run_dir / MODEL_DIR
-    s.model.save_pretrained(out, state_dict=state)  # state: given under FSDP
-    s.tokenizer.save_pretrained(out)
+    try:
+        with atomic_dir(out) as tmp:  # a kill leaves no half-written model/
+            s.model.save_pretrained(tmp, state_dict=state)  # state: given under FSDP
+            s.tokenizer.save_pretrained(tmp)
+    except DiskFullError as exc:
+        raise CheckpointError(str(exc)) from None
     return out
 
 
