@@ -110,7 +110,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
                       lr_scales=report.lr_scales, on_eval=on_eval, hook=report.hook)
     start = trainer.resume() if resume else 0
-    log(_plan_line(cfg, trainer, s.model, device, dist))
+    log(_plan_line(cfg, trainer, device, dist))
     # tasks scored by generation on a test split (translation) are scored before and after
     test_before = s.task.test_before(trainer.inside, device, run_dir, start > 0, dist.main, log)
     result = trainer.fit(start)
@@ -165,14 +165,13 @@ def _write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
                                       **run_chain(cfg.model.name), **s.info})
 
 
-def _plan_line(cfg: RunConfig, trainer: Trainer, model: torch.nn.Module, device: torch.device,
-               dist: Dist) -> str:
+def _plan_line(cfg: RunConfig, trainer: Trainer, device: torch.device, dist: Dist) -> str:
     return (f"training {trainer.total_steps} steps ({trainer.batches_per_epoch} batches/epoch, "
             f"batch {cfg.train.batch_size} x accum {cfg.train.grad_accum}) on {device.type}, "
             f"{trainer.precision}" + (f", {dist.world} processes "
                                       f"({cfg.train.distributed.upper()})" if dist.active else "")
             + "".join(f", {name}" for name, on in (
-                ("gradient checkpointing", getattr(model, "is_gradient_checkpointing", False)),
+                ("gradient checkpointing", cfg.train.gradient_checkpointing),
                 ("torch.compile", cfg.train.compile)) if on))  # prepare() compiles when asked
 
 
