@@ -15,7 +15,7 @@ from tunelab.config.switch import apply_overrides
 from tunelab.config.tree import read_yaml
 from tunelab.errors import ConfigError
 
-__all__ = ["load_config", "validate", "dump_config"]
+__all__ = ["load_config", "validate", "dump_config", "note_to_stderr"]
 
 _ADAPTER = TypeAdapter(RUN_CONFIG)
 
@@ -34,11 +34,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
     tree.pop(SEARCH_KEY, None)  # `tunelab tune` reads it; every other command runs the config as is
     source = str(path) if path else "config"
     for note in apply_overrides(tree, overrides, source):
-        (log or _to_stderr)(note)
+        (log or note_to_stderr)(note)
     return validate(tree, source=source)
 
 
-def _to_stderr(line: str) -> None:
+def note_to_stderr(line: str) -> None:
+    """How a config note reaches the user when the caller passes no log: before any error."""
     print(f"note: {line}", file=sys.stderr)
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import SEARCH_KEY, RunConfig, dump_config, validate
+from tunelab.config.load import note_to_stderr
 from tunelab.config.switch import apply_overrides
 from tunelab.config.tree import read_yaml
 from tunelab.errors import CheckpointError, ConfigError
@@ -53,7 +53,7 @@ def load_search(path: str | Path, overrides: list[str] | None = None
                           f"{SEARCH_KEY}: {{train.lr: {{log_uniform: [1.0e-5, 1.0e-2]}}, "
                           "method.r: {choice: [4, 8, 16]}}")
     for note in apply_overrides(tree, overrides, str(path)):
-        print(f"note: {note}", file=sys.stderr)
+        note_to_stderr(note)
     cfg = validate(tree, str(path))
     return tree, cfg, parse_space(raw, tree, str(path))
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from tunelab.config import DataConfig, MethodConfig, ModelConfig
+from tunelab.config.load import note_to_stderr
 from tunelab.config.messages import describe
 from tunelab.config.switch import apply_overrides
 from tunelab.config.tree import read_yaml
@@ -68,7 +68,7 @@ def load_meta_config(path: str | Path | None, overrides: list[str] | None = None
     """Read YAML, apply `key=value` overrides, validate; one ConfigError naming every bad key."""
     tree = read_yaml(path) if path is not None else {}
     for note in apply_overrides(tree, overrides, str(path) if path else "config"):
-        print(f"note: {note}", file=sys.stderr)
+        note_to_stderr(note)
     if isinstance(tree.get("method"), dict) and "name" not in tree["method"]:
         tree["method"] = {"name": "lora", **tree["method"]}
     try:
