@@ -7,15 +7,15 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig, TokenClassificationRun
-from tunelab.data.conll import Sentence, check_types, load_conll_splits, read_like_training
+from tunelab.data.conll import (
+    check_types,
+    load_conll_splits,
+    read_like_training,
+)
 from tunelab.data.splits import eval_items
 from tunelab.errors import CheckpointError, DataError
-from tunelab.tasks.token_classification import (
-    Entity,
-    TokenClassificationTask,
-    entities,
-    split_words,
-)
+from tunelab.tasks.inference import extract_entities
+from tunelab.tasks.token_classification import Entity, TokenClassificationTask
 
 
 def evaluate(cfg: RunConfig, model, tokenizer, info: dict[str, Any], data: str | None,
@@ -57,19 +57,11 @@ def format_ner_table(scores: dict) -> str:
 
 def predict(model, tokenizer, info: dict[str, Any], texts: list[str]) -> list[list[Entity]]:
     """Print each text and its entities: type, the words as written, [start, end) characters."""
-    task = TokenClassificationTask.from_run_info(tokenizer, info)
-    split = [split_words(t) for t in texts]
-    empty = [t for t, w in zip(texts, split) if not w]
-    if empty:
-        raise DataError(f"predict: no words in {empty[0]!r}")
-    sentences = [Sentence(tuple(w for w, _, _ in words), ("O",) * len(words), "<text>", 1)
-                 for words in split]
-    encoded = task.encode(tokenizer, sentences)
-    tags = task.predict(model, encoded, 64, torch.device("cpu")).tags
-    out = []
-    for text, words, row in zip(texts, split, tags):
-        found = entities(text, words, row)
-        out.append(found)
+    try:
+        pred = extract_entities(model, tokenizer, info, texts)
+    except DataError as exc:
+        raise DataError(f"predict: {exc}") from None
+    for text, found in zip(texts, pred.entities):
         print(text)
         if not found:
             print("  (no entities)")
@@ -78,7 +70,7 @@ def predict(model, tokenizer, info: dict[str, Any], texts: list[str]) -> list[li
         for e in found:
             quoted = f'"{e.text}"'
             print(f"  {e.type:<{kind_w}}  {quoted:<{text_w}}  [{e.start}, {e.end})")
-    if encoded.lost_words:
-        print(f"({encoded.lost_words} words lie beyond max_length {info['max_length']} and were "
+    if pred.lost_words:
+        print(f"({pred.lost_words} words lie beyond max_length {info['max_length']} and were "
               "not tagged)")
-    return out
+    return pred.entities

@@ -8,12 +8,11 @@ from tunelab.commands import ner as ner_commands
 from tunelab.errors import DataError
 from tunelab.runs.layout import task_runs
 from tunelab.runs.named_adapters import load_run
+from tunelab.tasks.inference import classify
 
 
 def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[str] | None = None,
             use: str | None = None, task: str | None = None) -> list:
-    import torch
-
     runs = task_runs(run_dir, task)
     if len(runs) > 1:
         raise DataError(f"predict: {run_dir} holds the tasks {', '.join(r.name for r in runs)}; "
@@ -33,21 +32,13 @@ def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[s
                         "with `tunelab eval`, or fine-tune from it with model.name: {run_dir}")
     if info["task"] != "classification":
         raise DataError(f"predict: {run_dir} is a {info['task']} run; use `tunelab generate`")
-    pairs = None
-    if info.get("text_pair"):  # the run was trained on (text, text_pair): give "first<TAB>second"
-        bad = [t for t in texts if "\t" not in t]
-        if bad:
-            raise DataError(f"predict: this run classifies text pairs; separate the two texts "
-                            f"with a tab (got {bad[0]!r})")
-        texts, pairs = zip(*(t.split("\t", 1) for t in texts))
-        texts, pairs = list(texts), list(pairs)
-    enc = tokenizer(texts, pairs, truncation=True, max_length=info["max_length"], padding=True,
-                    return_tensors="pt")
-    with torch.no_grad():
-        probs = model(**enc).logits.float().softmax(-1)
+    try:
+        results = classify(model, tokenizer, info, texts)
+    except DataError as exc:
+        raise DataError(f"predict: {exc}") from None
+    shown = [t.split("\t", 1)[0] for t in texts] if info.get("text_pair") else texts
     out = []
-    for text, row in zip(texts, probs):
-        k = int(row.argmax())
-        out.append((info["labels"][k], float(row[k])))
-        print(f"{info['labels'][k]}\t{float(row[k]):.4f}\t{text}")
+    for text, (label, prob, _) in zip(shown, results):
+        out.append((label, prob))
+        print(f"{label}\t{prob:.4f}\t{text}")
     return out

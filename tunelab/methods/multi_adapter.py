@@ -29,8 +29,14 @@ from torch import nn
 from tunelab.errors import AdapterError, MethodError
 from tunelab.methods import targets as tgt
 from tunelab.methods.base import PEFT_PREFIX, AdapterLayer
-from tunelab.methods.layer import linear_shape
-from tunelab.methods.lora import LoraLinear, LoraMethod, LoraOptions, lora_layers, peft_lora_config
+from tunelab.methods.layer import AdaptedLinear, linear_shape
+from tunelab.methods.lora import (
+    LoraLinear,
+    LoraMethod,
+    LoraOptions,
+    lora_layers,
+    peft_lora_config,
+)
 from tunelab.methods.merging import CombineSpec, combine_factors
 from tunelab.methods.multi_lora import LoraSlot, MultiLoraLinear, frozen_slot, stash
 from tunelab.methods.peft_format import (
@@ -83,14 +89,21 @@ def active_adapter(model: nn.Module) -> str | None:
     return adapter_set(model).active
 
 
-def load_named_adapter(model: nn.Module, name: str, adapter_dir: str | Path) -> list[str]:
-    """Load a PEFT LoRA adapter directory under `name` beside those already loaded; returns
-    the modules it adapts. The first adapter loaded becomes active; later ones wait for
-    set_adapter. Everything is checked before the model changes."""
-    aset = adapter_set(model)
-    if name in aset.names:
-        raise AdapterError(f"an adapter named {name!r} is already loaded ({', '.join(aset.names)}); "
-                           "give this one another name")
+@dataclass
+class LoraFile:
+    """A PEFT LoRA adapter directory read and checked against a model: its settings, the
+    (A, B) of each module it adapts, and the head tensors it carries."""
+
+    config: dict[str, Any]
+    options: LoraOptions
+    weights: Path
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    head_state: dict[str, torch.Tensor]
+
+
+def read_lora(model: nn.Module, name: str, adapter_dir: str | Path) -> LoraFile:
+    """Read the LoRA adapter in `adapter_dir` (to be called `name`) for `model`; every key,
+    target and shape is checked, nothing on the model changes."""
     config, method, path = read_adapter_config(adapter_dir)
     if method is not LoraMethod:
         kind = "DoRA" if config.get("use_dora") else str(config.get("peft_type"))
@@ -105,7 +118,27 @@ def load_named_adapter(model: nn.Module, name: str, adapter_dir: str | Path) -> 
         raise AdapterError(f"{path}: adapter {name!r}: {exc}") from None
     factors, head_state = _split_state(load_file(str(weights_path)), head, modules, name, weights_path)
     _check_head(model, head_state, name, weights_path)
-    slots = {m: _slot(model.get_submodule(m), factors[m], cfg, name, weights_path, m) for m in modules}
+    for m in modules:
+        _check_factors(model.get_submodule(m), factors[m], cfg, name, weights_path, m)
+    return LoraFile(config, cfg, weights_path, factors, head_state)
+
+
+def load_named_adapter(model: nn.Module, name: str, adapter_dir: str | Path) -> list[str]:
+    """Load a PEFT LoRA adapter directory under `name` beside those already loaded; returns
+    the modules it adapts. The first adapter loaded becomes active; later ones wait for
+    set_adapter. Everything is checked before the model changes."""
+    aset = adapter_set(model)
+    if name in aset.names:
+        raise AdapterError(f"an adapter named {name!r} is already loaded ({', '.join(aset.names)}); "
+                           "give this one another name")
+    lf = read_lora(model, name, adapter_dir)
+    config, cfg, head_state, modules = lf.config, lf.options, lf.head_state, list(lf.factors)
+    for m in modules:
+        layer = model.get_submodule(m)
+        if isinstance(layer, AdapterLayer) and type(layer) not in (LoraLinear, MultiLoraLinear):
+            raise AdapterError(f"{lf.weights}: adapter {name!r}: module {m} already carries a "
+                               f"{type(layer).__name__}; only LoRA adapters can share a layer")
+    slots = {m: _slot(model.get_submodule(m), lf.factors[m], cfg) for m in modules}
     for m, slot in slots.items():
         layer = model.get_submodule(m)
         slot.train(model.training)
@@ -151,19 +184,21 @@ def _check_head(model: nn.Module, head_state: dict[str, torch.Tensor], name: str
                                "with another label set?")
 
 
-def _slot(layer: nn.Module, factors: tuple[torch.Tensor, torch.Tensor], cfg: LoraOptions, name: str,
-          source: Path, module: str) -> LoraSlot:
-    """A frozen LoraSlot holding A and B, after checking them against the layer's shape."""
+def _check_factors(layer: nn.Module, factors: tuple[torch.Tensor, torch.Tensor],
+                   cfg: LoraOptions, name: str, source: Path, module: str) -> None:
+    """A (r, in) and B (out, r) must fit the layer they adapt."""
     a, b = factors
-    if isinstance(layer, AdapterLayer) and type(layer) not in (LoraLinear, MultiLoraLinear):
-        raise AdapterError(f"{source}: adapter {name!r}: module {module} already carries a "
-                           f"{type(layer).__name__}; only LoRA adapters can share a layer")
-    out_f, in_f = (layer.out_features, layer.in_features) if isinstance(layer, LoraLinear) \
+    out_f, in_f = (layer.out_features, layer.in_features) if isinstance(layer, AdaptedLinear) \
         else linear_shape(layer)
     if a.shape != (cfg.r, in_f) or b.shape != (out_f, cfg.r):
         raise AdapterError(f"{source}: adapter {name!r}, module {module}: lora_A {tuple(a.shape)} "
                            f"and lora_B {tuple(b.shape)} do not fit the layer ({out_f} x {in_f}) "
                            f"at r={cfg.r}; was it trained on another base model?")
+
+
+def _slot(layer: nn.Module, factors: tuple[torch.Tensor, torch.Tensor], cfg: LoraOptions) -> LoraSlot:
+    """A frozen LoraSlot holding A and B (checked by read_lora)."""
+    a, b = factors
     return frozen_slot(a, b, layer.weight, cfg.r, cfg.alpha, cfg.scaling, cfg.dropout)
 
 
