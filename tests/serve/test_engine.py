@@ -91,7 +91,9 @@ def test_rows_of_the_base_model_skip_the_adapters(served) -> None:
     layers = [m for m in engine.model.modules() if isinstance(m, RowLoraLinear)]
     assert layers and all(m.held for m in layers)
     engine.rows.choose([None, None])
-    assert engine.rows.rows is None  # no gather at all in a base-only batch
+    assert engine.rows.groups == []  # no adapter work at all in a base-only batch
+    engine.rows.choose(["a1", None, "a1", "a2"])
+    assert [(n, r.tolist()) for n, r in engine.rows.groups] == [("a1", [0, 2]), ("a2", [3])]
 
 
 def test_sampling_seed_n_stop_and_logprobs(served) -> None:

@@ -2,11 +2,11 @@
 
 Serving several adapters on one base (punica, S-LoRA) batches requests for different
 adapters together instead of running one batch per adapter or merging weights back and
-forth. Each adapted Linear becomes a RowLoraLinear that keeps every adapter's A and B stacked
-(padded to the largest rank with zeros, scaling folded into B); before a forward, the caller
-says which adapter each row uses (`RowAdapters.choose`), and a layer gathers those rows'
-factors: y = x W^T + b, then y[rows] += (x[rows] A_i^T) B_i^T. Rows of the base model cost
-nothing extra; a batch of base rows only runs exactly the base layer.
+forth. Each adapted Linear becomes a RowLoraLinear that keeps every adapter's A and B (scaling
+folded into B); before a forward, the caller says which adapter each row uses
+(`RowAdapters.choose`), and each layer applies each adapter to its segment of rows, as
+punica's segmented kernel does: y = x W^T + b, then y[rows_i] += (x[rows_i] A_i^T) B_i^T.
+Rows of the base model cost nothing extra; a batch of base rows runs exactly the base layer.
 
     rows = enable_rows(model)
     add_row_adapter(model, "sql", "runs/sql/adapter")
@@ -32,23 +32,21 @@ ATTR = "tunelab_rows"
 
 
 class RowAdapters:
-    """The adapters loaded on one model, in order, and which one each batch row uses now.
+    """The adapters loaded on one model, in order, and which batch rows use each now.
     Shared by every RowLoraLinear of the model."""
 
     def __init__(self) -> None:
         self.names: list[str] = []
-        self.version = 0  # bumped when adapters come or go: layers restack their factors
-        self.rows: torch.Tensor | None = None  # (k,) batch rows that use an adapter
-        self.which: torch.Tensor | None = None  # (k,) each such row's index into names
+        # (adapter name, the batch rows that use it) for each adapter in the batch
+        self.groups: list[tuple[str, torch.Tensor]] = []
 
     def choose(self, per_row: list[str | None]) -> None:
         """Row i of the next forwards uses adapter per_row[i] (None: the base model)."""
-        picked = [(i, self.names.index(n)) for i, n in enumerate(per_row) if n is not None]
-        if not picked:
-            self.rows = self.which = None
-            return
-        self.rows = torch.tensor([i for i, _ in picked])
-        self.which = torch.tensor([k for _, k in picked])
+        rows: dict[str, list[int]] = {}
+        for i, name in enumerate(per_row):
+            if name is not None:
+                rows.setdefault(name, []).append(i)
+        self.groups = [(name, torch.tensor(index)) for name, index in rows.items()]
 
 
 class RowLoraLinear(AdaptedLinear):
@@ -57,38 +55,24 @@ class RowLoraLinear(AdaptedLinear):
     def __init__(self, base: nn.Module, shared: RowAdapters):
         super().__init__(base)
         self.shared = shared
-        self.held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name: (A, s * B)
-        self._stacks: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.held: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name: (A^T, s * B^T)
 
     def hold(self, name: str, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+        """Keep adapter `name`'s A (r, in) and B (out, r), transposed for x @ A^T @ B^T."""
         w = self.weight
-        self.held[name] = (a.to(w.device, w.dtype), (b * scaling).to(w.device, w.dtype))
-
-    def stacks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A (n, r_max, in) and s * B (n, out, r_max) over shared.names; zeros where this
-        layer lacks an adapter or its rank is smaller."""
-        if self._stacks is None or self._stacks[0] != self.shared.version:
-            n, w = len(self.shared.names), self.weight
-            r_max = max((a.shape[0] for a, _ in self.held.values()), default=1)
-            a_all = torch.zeros(n, r_max, self.in_features, dtype=w.dtype, device=w.device)
-            b_all = torch.zeros(n, self.out_features, r_max, dtype=w.dtype, device=w.device)
-            for k, name in enumerate(self.shared.names):
-                if name in self.held:
-                    a, b = self.held[name]
-                    a_all[k, : a.shape[0]], b_all[k, :, : b.shape[1]] = a, b
-            self._stacks = (self.shared.version, a_all, b_all)
-        return self._stacks[1], self._stacks[2]
+        self.held[name] = (a.T.contiguous().to(w.device, w.dtype),
+                           (b * scaling).T.contiguous().to(w.device, w.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, in) -> (B, T, out)
+        # x: (B, T, in) -> (B, T, out); per adapter in the batch, two small GEMMs on its rows
         out = self.base_forward(x)
-        rows, which = self.shared.rows, self.shared.which
-        if rows is None or which is None or not self.held:
-            return out
-        a, b = self.stacks()
-        down = torch.bmm(x[rows], a[which].transpose(1, 2))  # (k, T, r_max)
-        delta = torch.bmm(down, b[which].transpose(1, 2))  # (k, T, out)
-        return out.index_add(0, rows, delta.to(out.dtype))
+        for name, rows in self.shared.groups:
+            factors = self.held.get(name)
+            if factors is None:  # this adapter leaves this layer alone
+                continue
+            a_t, b_t = factors  # (in, r), (r, out)
+            out.index_add_(0, rows, (x[rows] @ a_t @ b_t).to(out.dtype))  # (k, T, out)
+        return out
 
 
 def row_adapters(model: nn.Module) -> RowAdapters:
@@ -129,7 +113,6 @@ def add_row_adapter(model: nn.Module, name: str, adapter_dir: str | Path) -> lis
             tgt.replace_module(model, module, layer)
         layer.hold(name, a, b, lora_scaling(opts.alpha, a.shape[0], opts.scaling))
     shared.names.append(name)
-    shared.version += 1
     return list(lora.factors)
 
 
@@ -143,4 +126,3 @@ def remove_row_adapter(model: nn.Module, name: str) -> None:
         if isinstance(layer, RowLoraLinear):
             layer.held.pop(name, None)
     shared.names.remove(name)
-    shared.version += 1

@@ -77,8 +77,10 @@ class Engine:
                                   or getattr(cfg, "n_positions", 2048))
         self.eos = _eos_ids(model, tokenizer)
         # the prefill needs the last position's logits only, where the model allows it
-        self._last_only = {"logits_to_keep": 1} \
-            if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        params = inspect.signature(model.forward).parameters
+        self._last_only = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # transformers 5.x names the KV cache argument `cache` (`past_key_values` before)
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
             else min(self.eos, default=0)
         self._waiting: deque[Stream] = deque()
@@ -208,9 +210,9 @@ class Engine:
             ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), 1
         self.rows.choose([st.adapter for st in streams])
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
-                         past_key_values=DynamicCache(), use_cache=True, **self._last_only)
+                         use_cache=True, **{self._cache_arg: DynamicCache()}, **self._last_only)
         fresh = BatchCache()
-        fresh.cache, fresh.mask = out.past_key_values, mask
+        fresh.cache, fresh.mask = getattr(out, self._cache_arg), mask
         copies = [i for i, st in enumerate(streams) for _ in range(st.request.n)]
         if copies != list(range(len(streams))):
             fresh.keep(copies)  # n choices share the prompt's cache
@@ -230,7 +232,7 @@ class Engine:
         mask = self._batch.grow()
         self.rows.choose([s.adapter for s in self._active])
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self._batch.cache, use_cache=True)
+                         use_cache=True, **{self._cache_arg: self._batch.cache})
         self._take(out.logits[:, -1], self._active, first=0)
 
     def _take(self, logits: torch.Tensor, seqs: list[Sequence], first: int) -> None:
