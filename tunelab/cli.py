@@ -15,7 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunelab", description="Fine-tune pretrained language models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_training, _config_and_data, _using_runs, _adapters, _studies):
+    for add in (_training, _config_and_data, _using_runs, _adapters, _studies, _serving):
         add(sub)
     return p
 
@@ -155,6 +155,29 @@ def _studies(sub: Any) -> None:
     tu.add_argument("--overwrite", action="store_true", help="start a new study in output_dir")
 
 
+def _serving(sub: Any) -> None:
+    """serve: the models behind an OpenAI-compatible HTTP API."""
+    s = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, "
+                                     "embeddings, classify, ner) for runs, adapters and models")
+    s.add_argument("targets", nargs="+", metavar="TARGET", help="a run directory, a PEFT adapter "
+                   "directory or a model name; adapters of one base share it")
+    s.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="serve another LoRA adapter (run or adapter directory) as model NAME; "
+                        "repeatable")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: "
+                                     "$TUNELAB_API_KEY; none: open)")
+    s.add_argument("--admin-key", help="the key for POST/DELETE /v1/adapters (default: "
+                                       "$TUNELAB_ADMIN_KEY; none: adapters are fixed)")
+    s.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
+    s.add_argument("--max-queue", type=int, default=256, help="sequences waiting; more: 429")
+    s.add_argument("--max-concurrent", type=int, default=64, help="requests at once; more: 429")
+    s.add_argument("--batch-window-ms", type=float, default=5.0,
+                   help="how long an idle server waits for more requests to batch")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies: 413")
+
+
 def _adapter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--add-adapter", action="append", default=[], metavar="[NAME=]PATH",
                    help="load another LoRA adapter (run or adapter directory); repeatable")
@@ -291,6 +314,14 @@ def _tune(args: argparse.Namespace) -> None:
          prune=not args.no_prune)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    from tunelab.commands.serve import serve
+
+    serve(args.targets, args.adapter, args.host, args.port, args.api_key, args.admin_key,
+          max_batch=args.max_batch, max_queue=args.max_queue, max_concurrent=args.max_concurrent,
+          batch_window_ms=args.batch_window_ms, max_body_bytes=args.max_body_bytes)
+
+
 def _export(args: argparse.Namespace) -> None:
     from tunelab.commands.export import export_run
 
@@ -300,7 +331,8 @@ def _export(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
     "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
-    "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export}
+    "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export,
+    "serve": _serve}
 
 
 def _dispatch(args: argparse.Namespace) -> int:
