@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/methods.py
 	$(BIN)/python bench/cv_tune.py
 	$(BIN)/python bench/domain_adapt.py
+	$(BIN)/python bench/serve_load.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
