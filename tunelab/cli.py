@@ -123,11 +123,17 @@ def _adapters(sub: Any) -> None:
     m.add_argument("--into-base", action="store_true", help="write a merged full model instead")
     m.add_argument("--base", help="the base model, when the adapters name it differently")
 
-    x = sub.add_parser("export", help="write a run's adapter in another format (an AdaLoRA "
-                                      "run as a plain LoRA adapter at its final ranks)")
+    x = sub.add_parser("export", help="write a run in another format: lora (an AdaLoRA run as "
+                                      "a plain LoRA adapter), hf (merged checkpoint), onnx "
+                                      "(encoder runs, for ONNX Runtime), gguf (causal LMs, for "
+                                      "llama.cpp)")
     x.add_argument("run_dir", type=Path)
-    x.add_argument("--to", choices=["lora"], required=True)
+    x.add_argument("--to", choices=["lora", "hf", "onnx", "gguf"], required=True)
     x.add_argument("out", type=Path)
+    x.add_argument("--quantize", choices=["int8"], help="onnx: also write an int8 model "
+                   "(dynamic quantization) and serve it")
+    x.add_argument("--dtype", choices=["f32", "f16", "q8_0"],
+                   help="gguf: the weight type (default: f16)")
 
 
 def _studies(sub: Any) -> None:
@@ -325,7 +331,7 @@ def _serve(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from tunelab.commands.export import export_run
 
-    export_run(args.run_dir, args.to, args.out)
+    export_run(args.run_dir, args.to, args.out, args.quantize, args.dtype)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {

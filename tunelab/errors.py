@@ -29,3 +29,7 @@ class AdapterError(TunelabError):
 
 class CheckpointError(TunelabError):
     """A checkpoint is missing, damaged, or does not fit the current config."""
+
+
+class ExportError(TunelabError):
+    """A run cannot be written in the asked format, or the written file does not reproduce it."""

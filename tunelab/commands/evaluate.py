@@ -1,4 +1,5 @@
-"""`tunelab eval`: score a run (or each task of a multitask run) on dev, test or a file."""
+"""`tunelab eval`: score a run (or each task of a multitask run, or a run's ONNX export) on
+dev, test or a file."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tunelab.recipes.mlm import evaluate_mlm
 from tunelab.recipes.translation import translation_task
 from tunelab.runs.layout import task_runs
 from tunelab.runs.named_adapters import load_run
+from tunelab.runs.onnx_model import is_onnx_export, load_onnx_run
 from tunelab.tasks.causal_lm import CausalLMTask
 from tunelab.tasks.classification import ClassificationTask
 from tunelab.tasks.metrics import classification_metrics, confusion, format_confusion
@@ -23,7 +25,10 @@ from tunelab.tasks.metrics import classification_metrics, confusion, format_conf
 
 def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | None = None,
              use: str | None = None, task: str | None = None) -> dict:
-    """Score a run; a multitask run's `task` (every task in turn when none is given)."""
+    """Score a run; a multitask run's `task` (every task in turn when none is given); an ONNX
+    export (`tunelab export RUN --to onnx OUT`) through ONNX Runtime, by the same code."""
+    if is_onnx_export(run_dir):
+        return _evaluate_run(run_dir, data, split, adapters, use, task)
     runs = task_runs(run_dir, task)
     if runs != [run_dir]:
         if data and len(runs) > 1:
@@ -38,10 +43,12 @@ def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | 
 
 
 def _evaluate_run(run_dir: Path, data: str | None, split: str, adapters: list[str] | None,
-                  use: str | None) -> dict:
+                  use: str | None, task: str | None = None) -> dict:
     import torch
 
-    model, tokenizer, info = load_run(run_dir, adapters, use)
+    onnx = is_onnx_export(run_dir)
+    model, tokenizer, info = (load_onnx_run(run_dir, adapters, use, task) if onnx
+                              else load_run(run_dir, adapters, use))
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
     if info["task"] == "causal_lm":
         return _evaluate_lm(model, tokenizer, cfg, data)

@@ -1,4 +1,10 @@
-"""`tunelab export RUN_DIR --to lora OUT`: an AdaLoRA run as a plain LoRA adapter.
+"""`tunelab export RUN_DIR --to FORMAT OUT`: a run in a form other tools load.
+
+    lora  an AdaLoRA run as a plain LoRA adapter (below)
+    hf    the merged Hugging Face checkpoint with tokenizer and label maps (`tunelab merge`)
+    onnx  an encoder run (classification, NER) for ONNX Runtime; --quantize int8 adds an
+          int8 model (tunelab.export.onnx)
+    gguf  a causal-LM run for llama.cpp / Ollama; --dtype f32, f16 or q8_0 (tunelab.export.gguf)
 
 AdaLoRA's update s * B (A * E) (s = alpha / init_r) is a LoRA update at the layer's kept
 rank: A' = A * E, B' = B * s * r / alpha, so that LoRA's alpha / r scaling gives back the
@@ -14,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tunelab.errors import AdapterError
+from tunelab.errors import AdapterError, ExportError
 from tunelab.methods import head_modules
 from tunelab.methods import targets as tgt
 from tunelab.methods.adalora import adalora_layers
@@ -22,7 +28,10 @@ from tunelab.methods.lora import LoraConfig, LoraLinear
 from tunelab.methods.peft_format import save_adapter
 from tunelab.runs.trained import load_trained
 
-FORMATS = ("lora",)
+FORMATS = ("lora", "hf", "onnx", "gguf")
+QUANTIZE = ("int8",)  # --to onnx
+DTYPES = ("f32", "f16", "q8_0")  # --to gguf
+GGUF_DTYPE = "f16"  # llama.cpp's convert script's default too
 
 
 @torch.no_grad()
@@ -58,10 +67,40 @@ def adalora_to_lora(model: torch.nn.Module) -> LoraConfig:
                       rank_pattern={n: r for n, r in kept.items() if r != base_r})
 
 
-def export_run(run_dir: Path, to: str, out: Path) -> Path:
-    """Write the run's adapter in format `to` into `out`; returns `out`."""
+def export_run(run_dir: Path, to: str, out: Path, quantize: str | None = None,
+               dtype: str | None = None) -> Path:
+    """Write the run in format `to` into `out`; returns `out`."""
     if to not in FORMATS:
-        raise AdapterError(f"export --to {to}: unknown format; choose from {', '.join(FORMATS)}")
+        raise ExportError(f"export --to {to}: unknown format; choose from {', '.join(FORMATS)}")
+    if quantize is not None and (to != "onnx" or quantize not in QUANTIZE):
+        raise ExportError(f"export --quantize {quantize}: quantization applies to --to onnx "
+                          f"({', '.join(QUANTIZE)})" + ("; for GGUF choose --dtype q8_0"
+                                                         if to == "gguf" else ""))
+    if dtype is not None and (to != "gguf" or dtype not in DTYPES):
+        raise ExportError(f"export --dtype {dtype}: the weight type applies to --to gguf "
+                          f"({', '.join(DTYPES)})" + ("; for ONNX choose --quantize int8"
+                                                      if to == "onnx" else ""))
+    if out.resolve() == run_dir.resolve():
+        raise ExportError(f"export: OUT {out} is the run directory itself; choose a new one")
+    if to == "hf":
+        from tunelab.commands.merge_run import merge
+
+        return merge(run_dir, out)
+    if to == "onnx":
+        from tunelab.export.onnx import export_onnx
+
+        export_onnx(run_dir, out, quantize)
+        return out
+    if to == "gguf":
+        from tunelab.export.gguf import export_gguf
+
+        export_gguf(run_dir, out, dtype or GGUF_DTYPE)
+        return out
+    return _export_lora(run_dir, out)
+
+
+def _export_lora(run_dir: Path, out: Path) -> Path:
+    """An AdaLoRA run's adapter as a plain LoRA adapter at its final ranks."""
     model, _, info = load_trained(run_dir)
     if info.get("method") != "adalora":
         raise AdapterError(f"export --to lora: {run_dir} is a {info.get('method')} run; only "

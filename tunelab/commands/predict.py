@@ -1,4 +1,5 @@
-"""`tunelab predict`: labels (or entities) for texts from a trained run."""
+"""`tunelab predict`: labels (or entities) for texts from a trained run, or from its ONNX
+export (`tunelab export RUN --to onnx OUT`), scored by the same code."""
 
 from __future__ import annotations
 
@@ -8,23 +9,27 @@ from tunelab.commands import ner as ner_commands
 from tunelab.errors import DataError
 from tunelab.runs.layout import task_runs
 from tunelab.runs.named_adapters import load_run
+from tunelab.runs.onnx_model import is_onnx_export, load_onnx_run
 from tunelab.tasks.inference import classify
 
 
 def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[str] | None = None,
             use: str | None = None, task: str | None = None) -> list:
-    runs = task_runs(run_dir, task)
-    if len(runs) > 1:
-        raise DataError(f"predict: {run_dir} holds the tasks {', '.join(r.name for r in runs)}; "
-                        "pick one with --task NAME")
-    run_dir = runs[0]
+    onnx = is_onnx_export(run_dir)
+    if not onnx:
+        runs = task_runs(run_dir, task)
+        if len(runs) > 1:
+            raise DataError(f"predict: {run_dir} holds the tasks {', '.join(r.name for r in runs)}; "
+                            "pick one with --task NAME")
+        run_dir = runs[0]
     if file is not None:
         if not file.is_file():
             raise DataError(f"{file}: file not found")
         texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
-    model, tokenizer, info = load_run(run_dir, adapters, use)
+    model, tokenizer, info = (load_onnx_run(run_dir, adapters, use, task) if onnx
+                              else load_run(run_dir, adapters, use))
     if info["task"] == "token_classification":
         return ner_commands.predict(model, tokenizer, info, texts)
     if info["task"] == "masked_lm":
