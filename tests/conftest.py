@@ -63,16 +63,30 @@ def synthetic_rows(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.fixture
-def tiny_data(tmp_path: Path) -> dict[str, Path]:
-    """train.tsv / dev.tsv with a header, sentence<TAB>label, a learnable toy sentiment task."""
+@pytest.fixture(scope="session")
+def ner_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT fully fine-tuned on the toy NER set (60 steps learn it); tests only read
+    it (or write beside it, under its parent)."""
+    from ner_fixtures import toy_ner_run
+
+    return toy_ner_run(tiny_model_dir, tmp_path_factory.mktemp("ner"))
+
+
+def toy_sentiment_files(root: Path, dev: int = 32) -> dict[str, Path]:
+    """train.tsv (96 rows) / dev.tsv (`dev` rows) with a header, sentence<TAB>label, a
+    learnable toy sentiment task."""
     paths = {}
-    for split, n, seed in (("train", 96, 1), ("dev", 32, 2)):
-        path = tmp_path / f"{split}.tsv"
+    for split, n, seed in (("train", 96, 1), ("dev", dev, 2)):
+        path = root / f"{split}.tsv"
         lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in synthetic_rows(n, seed)]
         path.write_text("\n".join(lines) + "\n")
         paths[split] = path
     return paths
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> dict[str, Path]:
+    return toy_sentiment_files(tmp_path)
 
 
 def tiny_config(model_dir: Path, data: dict[str, Path], out: Path, **train) -> dict:

@@ -61,3 +61,14 @@ def ner_config(model_dir: Path, data: dict[str, Path], out: Path, method: dict |
                   "checkpoint_every": 30, "log_every": 5, "seed": 0, **train},
         "output_dir": str(out),
     }
+
+
+def toy_ner_run(model_dir: Path, root: Path) -> Path:
+    """A tiny BERT fully fine-tuned on the toy NER set under `root` (60 steps learn it)."""
+    from tunelab.config import validate
+    from tunelab.recipes.run import train
+
+    tree = ner_config(model_dir, toy_ner_files(root), root / "run", eval_every=60,
+                      checkpoint_every=60)
+    train(validate(tree), log=lambda _: None)
+    return root / "run"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_rows, tiny_config
-from ner_fixtures import ner_config, toy_ner_files, toy_sentences
+from conftest import synthetic_rows, tiny_config, toy_sentiment_files
+from ner_fixtures import toy_sentences
 
 from tunelab.cli import main
 from tunelab.commands.evaluate import evaluate
@@ -41,23 +41,10 @@ def cls_run(tiny_model_dir, tmp_path_factory) -> Path:
     learns too little to make the int8 and eval checks mean anything; LoRA runs are exported
     in the last test)."""
     root = tmp_path_factory.mktemp("cls")
-    data = {}
-    for split, n, seed in (("train", 96, 1), ("dev", 64, 2)):
-        rows = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in synthetic_rows(n, seed)]
-        data[split] = root / f"{split}.tsv"
-        data[split].write_text("\n".join(rows) + "\n")
+    data = toy_sentiment_files(root, dev=64)
     tree = tiny_config(tiny_model_dir, data, root / "run", max_steps=128, eval_every=128,
                        checkpoint_every=128, lr=3e-3)
     tree["method"] = {"name": "full"}
-    train(validate(tree), log=quiet)
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def ner_run(tiny_model_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ner")
-    tree = ner_config(tiny_model_dir, toy_ner_files(root), root / "run", eval_every=60,
-                      checkpoint_every=60)
     train(validate(tree), log=quiet)
     return root / "run"
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_rows, tiny_config
-from ner_fixtures import ner_config, toy_ner_files
+from conftest import synthetic_rows, tiny_config, toy_sentiment_files
 
 from tunelab.cli import main
 from tunelab.commands import ner as ner_commands
@@ -38,23 +37,9 @@ def minilm() -> EncoderModel:
 def cls_run(tiny_model_dir, tmp_path_factory) -> Path:
     """A tiny BERT + LoRA classifier (12 steps: parity, not accuracy, is under test)."""
     root = tmp_path_factory.mktemp("cls")
-    data = {}
-    for split, n, seed in (("train", 96, 1), ("dev", 16, 2)):
-        rows = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in synthetic_rows(n, seed)]
-        data[split] = root / f"{split}.tsv"
-        data[split].write_text("\n".join(rows) + "\n")
+    data = toy_sentiment_files(root, dev=16)
     tree = tiny_config(tiny_model_dir, data, root / "run", eval_every=12, checkpoint_every=12,
                        lr=2e-2, load_best_at_end=False)  # the trained adapter, B != 0
-    train(validate(tree), log=quiet)
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def ner_run(tiny_model_dir, tmp_path_factory) -> Path:
-    """A tiny BERT fully fine-tuned on the toy NER set (60 steps learn it; see test_ner)."""
-    root = tmp_path_factory.mktemp("ner")
-    tree = ner_config(tiny_model_dir, toy_ner_files(root), root / "run", eval_every=60,
-                      checkpoint_every=60)
     train(validate(tree), log=quiet)
     return root / "run"
 
