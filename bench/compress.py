@@ -35,6 +35,18 @@ WARMUP = 10
 NOT_BUILT = "not built (issue 19 items 2-3 open)"
 
 
+
+def latencies(model, encodings: list) -> list[float]:
+    """Milliseconds per call of `model` on each encoding, one at a time, after warm-up calls."""
+    for enc in encodings[:WARMUP]:
+        model(**enc)
+    times = []
+    for enc in encodings:
+        t0 = time.perf_counter()
+        model(**enc)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
 def cpu_flags() -> str:
     flags: set[str] = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -166,13 +178,7 @@ def main() -> None:
             results[key]["accuracy"] = (pred == gold).float().mean().item()
             print(f"{key}: accuracy {results[key]['accuracy']:.4f}", flush=True)
         for key, (m, _, _) in models.items():  # single-example latency
-            for enc in singles[key][:WARMUP]:
-                m(**enc)
-            times = []
-            for enc in singles[key]:
-                t0 = time.perf_counter()
-                m(**enc)
-                times.append((time.perf_counter() - t0) * 1e3)
+            times = latencies(m, singles[key])
             qs = statistics.quantiles(times, n=10)
             results[key]["p50"], results[key]["p90"] = statistics.median(times), qs[8]
             print(f"{key}: p50 {results[key]['p50']:.2f} ms, p90 {results[key]['p90']:.2f} ms",
@@ -184,14 +190,7 @@ def main() -> None:
             tmp / "onnx" / MODEL_FILE, tmp / "onnx" / INT8_FILE, naive))}
         for key in models:
             m = models[key][0] if key not in files else OnnxModel(files[key], 1)
-            for enc in singles[key][:WARMUP]:
-                m(**enc)
-            times = []
-            for enc in singles[key]:
-                t0 = time.perf_counter()
-                m(**enc)
-                times.append((time.perf_counter() - t0) * 1e3)
-            results[key]["p50_1t"] = statistics.median(times)
+            results[key]["p50_1t"] = statistics.median(latencies(m, singles[key]))
             print(f"{key}: 1 thread p50 {results[key]['p50_1t']:.2f} ms", flush=True)
         torch.set_num_threads(threads)
         for r in range(args.repeats):  # batch-32 throughput, models interleaved
