@@ -118,8 +118,9 @@ class Engine:
             raise UnknownModel(f"no adapter named {name!r} is served", param="name",
                                code="model_not_found")
         with self._model_lock:
-            busy = sum(s.adapter == name for s in self._active) + \
-                sum(st.adapter == name for st in self._waiting)
+            with self._wake:
+                busy = sum(s.adapter == name for s in self._active) + \
+                    sum(st.adapter == name for st in self._waiting)
             if busy:
                 raise ServeError(f"adapter {name!r} has {busy} sequence(s) in progress; remove "
                                  "it when they finish", param="name",
@@ -142,12 +143,12 @@ class Engine:
                              f"({len(req.prompt_ids)} in the prompt, {req.max_tokens} in the "
                              "completion). Please reduce the prompt or max_tokens.",
                              param="messages", code="context_length_exceeded")
-        queued = sum(st.request.n for st in self._waiting)
-        if queued + req.n > self.max_queue:
-            raise Overloaded(f"{queued} sequences are waiting (the limit is {self.max_queue}); "
-                             "retry later", code="queue_full")
         stream = Stream(req, None if req.model == self.base_id else req.model)
-        with self._wake:
+        with self._wake:  # the scheduler thread pops from the queue: count and add under lock
+            queued = sum(st.request.n for st in self._waiting)
+            if queued + req.n > self.max_queue:
+                raise Overloaded(f"{queued} sequences are waiting (the limit is "
+                                 f"{self.max_queue}); retry later", code="queue_full")
             self._waiting.append(stream)
             self._wake.notify()
         return stream
