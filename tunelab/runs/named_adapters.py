@@ -34,6 +34,14 @@ def source_adapter(path: Path) -> tuple[Path, dict[str, Any] | None]:
                        f"directory ({CONFIG_FILE})")
 
 
+def split_named(text: str) -> tuple[str, str]:
+    """`NAME=PATH` -> (NAME, PATH); a bare PATH (even one holding '=') -> ("", PATH)."""
+    if "=" in text and not Path(text).exists():
+        name, _, path = text.partition("=")
+        return name, path
+    return "", text
+
+
 def adapter_name(path: Path, taken: set[str]) -> str:
     """The directory's name (its parent's for a run's adapter/), made unique."""
     path = path.resolve()
@@ -50,7 +58,7 @@ def attach(model: nn.Module, own: Path | None, extra: list[str], use: str | None
     names: list[str] = []
     sources = ([str(own)] if own is not None else []) + list(extra)
     for text in sources:
-        name, _, path = text.partition("=") if "=" in text and not Path(text).exists() else ("", "", text)
+        name, path = split_named(text)
         if name in RESERVED or name in names:
             raise AdapterError(f"--add-adapter {text}: the name {name!r} is "
                                f"{'reserved' if name in RESERVED else 'taken'}; pick another")

@@ -20,7 +20,7 @@ from tunelab.runs.layout import (
     load_run_config,
     read_run_info,
 )
-from tunelab.runs.named_adapters import RESERVED, adapter_name
+from tunelab.runs.named_adapters import RESERVED, adapter_name, split_named
 from tunelab.runs.trained import base_of
 from tunelab.serve.encoders import EncoderModel
 from tunelab.serve.engine import Engine
@@ -66,8 +66,7 @@ def load_targets(targets: list[str], adapters: list[str] | None = None,
                                "name, a causal-LM run or an adapter directory)")
         first = next(iter(bases.values()))
         for text in adapters:
-            name, _, path = text.partition("=") if "=" in text and not Path(text).exists() \
-                else ("", "", text)
+            name, path = split_named(text)
             _put_adapter(first, name or adapter_name(Path(path), set(first.adapters)), Path(path))
     for base in bases.values():
         engine = _engine(base, **engine_options)
