@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from tunelab.config.distill import DistillConfig
 from tunelab.config.sections import (
     ConllDataConfig,
     DataConfig,
@@ -67,6 +68,15 @@ class _RunBase(StrictModel):
 class ClassificationRun(_RunBase):
     task: Literal["classification"] = "classification"
     data: DataConfig
+    distill: DistillConfig | None = None  # learn from a trained teacher run's outputs
+
+    @model_validator(mode="after")
+    def _cached_teacher_needs_fixed_data(self) -> "ClassificationRun":
+        if self.distill and self.distill.teacher_logits == "cache" and self.data.augment:
+            raise ValueError("distill.teacher_logits: cache scores each training example once, "
+                             "but data.augment makes new copies every epoch; set "
+                             "distill.teacher_logits: on_the_fly")
+        return self
 
     @model_validator(mode="after")
     def _no_loss_chunks(self) -> "ClassificationRun":
@@ -86,6 +96,7 @@ class ClassificationRun(_RunBase):
 class TokenClassificationRun(_RunBase):
     task: Literal["token_classification"] = "token_classification"
     data: ConllDataConfig
+    distill: DistillConfig | None = None  # learn from a trained teacher run's outputs
 
     @model_validator(mode="after")
     def _no_loss_chunks(self) -> "TokenClassificationRun":

@@ -39,6 +39,17 @@ class ModelConfig(StrictModel):
     dropout: float | None = Field(None, ge=0.0, lt=1.0)  # overrides the base model's dropout rates
     # start the method's weights (and head) from a saved adapter, e.g. `tunelab meta`'s output
     init_adapter: str | None = None
+    # a smaller model from this one: k keeps the first k transformer layers (the top ones are
+    # dropped), a list names the layers kept (e.g. [0, 2, 4]); built once as a plain model
+    # directory (tunelab/models/student.py), a student for distill:
+    keep_layers: int | list[int] | None = None
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _some_layer(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if v is not None and (v == [] or (isinstance(v, int) and v < 1)):
+            raise ValueError(f"{v!r} keeps no layer; give a count >= 1 or a list of layer indices")
+        return v
 
 
 class ColumnMap(StrictModel):

@@ -39,7 +39,9 @@ def pack(data: Encoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor
     """input_ids, position_ids, token_type_ids (R, W); attention_mask (R, 1, W, W), True
     where a query may attend (its own example; padding attends to padding, so no row is
     empty); labels and firsts (B,): each example's label and the flat position
-    (row * W + offset) of its first token, examples in the order the rows hold them."""
+    (row * W + offset) of its first token, and example_ids (B,) which example each is (what
+    per-example data such as a teacher's cached outputs is looked up by), examples in the order
+    the rows hold them."""
     seqs = [data.input_ids[i] for i in index]
     rows = pack_rows([len(s) for s in seqs])
     width = max(sum(len(seqs[j]) for j in row) for row in rows)
@@ -48,7 +50,7 @@ def pack(data: Encoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor
     positions = torch.zeros(shape, dtype=torch.long)
     segments = torch.zeros(shape, dtype=torch.long)  # 0: padding; k: the row's k-th example
     types = torch.zeros(shape, dtype=torch.long)
-    labels, firsts = [], []
+    labels, firsts, order = [], [], []
     for r, row in enumerate(rows):
         start = 0
         for k, j in enumerate(row, 1):
@@ -59,9 +61,10 @@ def pack(data: Encoded, index: list[int], pad_id: int) -> dict[str, torch.Tensor
             if data.token_type_ids is not None:
                 types[r, start:start + n] = torch.tensor(data.token_type_ids[index[j]])
             labels.append(data.labels[index[j]])
+            order.append(index[j])
             firsts.append(r * width + start)
             start += n
     mask = segments[:, None, :, None] == segments[:, None, None, :]  # (R, 1, W, W)
     return {"input_ids": ids, "position_ids": positions, "token_type_ids": types,
             "attention_mask": mask, "labels": torch.tensor(labels),
-            "firsts": torch.tensor(firsts)}
+            "firsts": torch.tensor(firsts), "example_ids": torch.tensor(order)}

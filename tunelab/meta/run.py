@@ -20,7 +20,7 @@ from tunelab.methods.peft_format import save_adapter
 from tunelab.models import load_classifier, load_tokenizer
 from tunelab.recipes.run import seed_everything
 from tunelab.runs.layout import ADAPTER_DIR, check_replaceable, write_json
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 
 
 def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -29,7 +29,7 @@ def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = pri
     out = Path(cfg.output_dir)
     check_replaceable(out, overwrite, "run")
     seed_everything(s.seed)
-    model_path = resolve(cfg.model.name)
+    model_path = resolve_config(cfg.model)
     tokenizer = load_tokenizer(model_path)
     pools = build_pools(s.sources, tokenizer, cfg.model.max_length, s.n_way,
                         s.k_shot + s.query_shot)  # data first: errors before weights load

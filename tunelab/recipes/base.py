@@ -16,3 +16,4 @@ class Setup:
     dev: Any
     model_path: Path
     info: dict[str, Any] = field(default_factory=dict)  # stored in run.json
+    examples: Any = None  # the training examples before encoding (a teacher re-encodes them)

@@ -12,7 +12,7 @@ from tunelab.data.sft import load_records
 from tunelab.data.splits import hold_out
 from tunelab.models import load_causal_lm, load_tokenizer
 from tunelab.recipes.base import Setup
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 from tunelab.tasks.causal_lm import CausalLMTask
 
 
@@ -45,7 +45,7 @@ def check_readable(cfg: CausalLMRun, tokenizer, splits: dict[str, list],
 
 def causal_lm(cfg: CausalLMRun, log: Callable[[str], None]) -> Setup:
     d = cfg.data
-    model_path = resolve(cfg.model.name)
+    model_path = resolve_config(cfg.model)
     tokenizer = load_tokenizer(model_path)
     renderer = renderer_for(cfg, tokenizer)
     if d.blocks:

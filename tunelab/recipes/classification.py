@@ -12,14 +12,14 @@ from tunelab.data.splits import source_settings
 from tunelab.models import load_classifier, load_tokenizer
 from tunelab.recipes.backtranslate import paraphraser
 from tunelab.recipes.base import Setup
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 from tunelab.tasks.classification import ClassificationTask
 
 
 def classification(cfg: ClassificationRun, log: Callable[[str], None],
                    splits: Splits | None = None) -> Setup:
     splits = load_splits(cfg.data) if splits is None else splits
-    model_path = resolve(cfg.model.name)
+    model_path = resolve_config(cfg.model)
     for note in splits.notes:
         log(note)
     log(f"data: {len(splits.train)} train / {len(splits.dev)} dev examples, "
@@ -37,7 +37,8 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None],
                       paraphraser(cfg.data.augment))
     return Setup(model, tokenizer, task, train,
                  task.encode(tokenizer, splits.dev), model_path,
-                 {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None})
+                 {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None},
+                 splits.train)
 
 
 def check_readable(cfg: ClassificationRun, tokenizer, splits: Splits,

@@ -11,7 +11,7 @@ from tunelab.data.unlabeled import read_texts, split_texts
 from tunelab.models import load_tokenizer
 from tunelab.models.mlm import init_head, load_masked_lm, token_counts
 from tunelab.recipes.base import Setup
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 from tunelab.tasks.masked_lm import MaskedLMTask
 
 
@@ -26,7 +26,7 @@ def masked_lm_setup(cfg: MaskedLMRun, log: Callable[[str], None]
     """(model, tokenizer, task, train, held-out, model path, run.json info)."""
     d = cfg.data
     texts, held, source = split_texts(d)
-    model_path = resolve(cfg.model.name)
+    model_path = resolve_config(cfg.model)
     tokenizer = load_tokenizer(model_path)
     train, split = encode_texts(tokenizer, texts, cfg.model.max_length)
     dev, dev_split = encode_texts(tokenizer, held, cfg.model.max_length)

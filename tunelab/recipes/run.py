@@ -17,6 +17,7 @@ from tunelab.errors import CheckpointError, ConfigError
 from tunelab.io import DiskFullError, atomic_dir, write_text
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
 from tunelab.recipes.base import Setup
+from tunelab.recipes.distill import with_teacher
 from tunelab.recipes.multitask import save_task_runs
 from tunelab.recipes.setup import setup
 from tunelab.runs.layout import (
@@ -101,7 +102,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     log = log if dist.main else _quiet  # rank 0 reports for all
     device = pick_device(cfg.train.device, dist)
     seed_everything(cfg.train.seed)
-    s, report = _build(cfg, log, splits)
+    s, report = _build(cfg, log, splits, device)
     run_dir = prepare_output(cfg, resume, overwrite, dist)
     saves_adapter = methods.METHODS[cfg.method.name].saves_adapter
     if dist.main:
@@ -141,9 +142,13 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     return summary
 
 
-def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any) -> tuple[Setup, Any]:
-    """Data, model and task (data first: errors before weights load), then the method."""
+def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any,
+           device: torch.device) -> tuple[Setup, Any]:
+    """Data, model and task (data first: errors before weights load), then the method (and
+    the teacher, when distilling)."""
     s = setup(cfg, log, splits)
+    if getattr(cfg, "distill", None) is not None:
+        with_teacher(cfg, s, device, log)
     report = methods.apply(s.model, cfg.method)
     for line in report.lines():
         log(line)
@@ -162,6 +167,8 @@ def _write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
                                       "model_name": cfg.model.name, "method": cfg.method.name,
                                       "artifact": ADAPTER_DIR if saves_adapter else MODEL_DIR,
                                       "max_length": cfg.model.max_length, "world_size": world,
+                                      **({"keep_layers": cfg.model.keep_layers}
+                                         if cfg.model.keep_layers is not None else {}),
                                       **run_chain(cfg.model.name), **s.info})
 
 

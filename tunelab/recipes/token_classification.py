@@ -9,7 +9,7 @@ from tunelab.data.conll import TagSplits, load_conll_splits
 from tunelab.data.coverage import check_coverage
 from tunelab.models import load_token_classifier, load_tokenizer
 from tunelab.recipes.base import Setup
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 from tunelab.tasks.token_classification import TokenClassificationTask
 
 
@@ -17,7 +17,7 @@ def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]
                          splits: TagSplits | None = None) -> Setup:
     d = cfg.data
     splits = load_conll_splits(d) if splits is None else splits
-    model_path = resolve(cfg.model.name)
+    model_path = resolve_config(cfg.model)
     for note in splits.notes:
         log(note)
     log(f"data: {len(splits.train)} train / {len(splits.dev)} dev sentences; {d.scheme.upper()} "
@@ -41,4 +41,4 @@ def token_classification(cfg: TokenClassificationRun, log: Callable[[str], None]
                 f"{cfg.model.max_length} (untrained; scored as predicted O)")
     return Setup(model, tokenizer, task, train, dev, model_path,
                  {"labels": splits.tags, "scheme": d.scheme,
-                  "label_all_subtokens": d.label_all_subtokens})
+                  "label_all_subtokens": d.label_all_subtokens}, splits.train)

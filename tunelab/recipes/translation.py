@@ -9,7 +9,7 @@ from tunelab.data.parallel import CATALOG_SPLITS, corpus_dir, language_name, rea
 from tunelab.data.render import Renderer
 from tunelab.models import is_encoder_decoder, load_causal_lm, load_seq2seq, load_tokenizer
 from tunelab.recipes.base import Setup
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 from tunelab.tasks.translation import DecoderTranslationTask, Seq2SeqTranslationTask
 
 
@@ -55,7 +55,7 @@ def translator(cfg: TranslationRun, tokenizer, seq2seq: bool, test: list, revers
 
 def translation(cfg: TranslationRun, log: Callable[[str], None]) -> Setup:
     """Decoder-only models learn translation as a chat turn; encoder-decoder models directly."""
-    model_path = resolve(cfg.model.name)
+    model_path = resolve_config(cfg.model)
     tokenizer = load_tokenizer(model_path)
     seq2seq = is_encoder_decoder(model_path)
     task, pairs = translation_task(cfg, tokenizer, seq2seq, log)

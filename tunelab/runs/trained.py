@@ -33,6 +33,7 @@ from tunelab.models import (
 from tunelab.models.heads import head_modules
 from tunelab.models.mlm import load_masked_lm
 from tunelab.models.resolve import resolve as resolve_model
+from tunelab.models.student import student_base
 from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, read_run_info
 
 AS_BASE = "as_base"
@@ -129,11 +130,15 @@ def _base_only(base: Path, model: torch.nn.Module, state: dict[str, torch.Tensor
 
 def base_of(info: dict[str, Any]) -> Path:
     """The run's base model directory. A run that started from another run (`chain`) has that
-    run's as_base/ as its base; if it was deleted, it is rebuilt from the run it came from."""
+    run's as_base/ as its base; if it was deleted, it is rebuilt from the run it came from (and
+    a model.keep_layers student from its source model)."""
     chain = info.get("chain")
-    if chain and not Path(info["base_model"]).is_dir():
-        return as_base(Path(chain[-1]["run"]))
-    return resolve_model(info["base_model"])
+    if Path(info["base_model"]).is_dir():
+        return resolve_model(info["base_model"])
+    source = as_base(Path(chain[-1]["run"])) if chain else None
+    if info.get("keep_layers") is not None:
+        return student_base(source or resolve_model(info["model_name"]), info["keep_layers"])
+    return source or resolve_model(info["base_model"])
 
 
 def load_trained(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:

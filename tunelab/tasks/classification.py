@@ -19,6 +19,10 @@ from tunelab.tasks.base import Task
 from tunelab.tasks.metrics import classification_metrics
 
 
+# batch entries that are not model inputs: targets, packed rows' first tokens, example ids
+NOT_INPUTS = ("labels", "firsts", "example_ids")
+
+
 @dataclass
 class Predictions:
     probs: torch.Tensor  # (N, n_labels)
@@ -80,13 +84,18 @@ class ClassificationTask(Task):
         return len(index)
 
     @staticmethod
-    def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Summed (not mean) cross-entropy, so accumulation can divide by the step's example count."""
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "firsts")}
+    def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, n_labels) float logits, examples in the order of batch["labels"]."""
+        inputs = {k: v for k, v in batch.items() if k not in NOT_INPUTS}
         # the head reads one token: the last layer skips the rest (and finds it in packed rows)
         with first_token_only(model, batch.get("firsts")):
-            logits = model(**inputs).logits  # (B, n_labels)
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+            return model(**inputs).logits.float()  # (B, n_labels)
+
+    @staticmethod
+    def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed (not mean) cross-entropy, so accumulation can divide by the step's example count."""
+        return F.cross_entropy(ClassificationTask.logits(model, batch), batch["labels"],
+                               reduction="sum")
 
     @torch.no_grad()
     def predict(self, model: nn.Module, data: Encoded, batch_size: int, device: torch.device,

@@ -81,12 +81,17 @@ class TokenClassificationTask(Task):
         return len(index) * data.mean_trained
 
     @staticmethod
+    def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, n_tags) float logits; batch["labels"] is IGNORE where no tag is trained."""
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_ids")}
+        return model(**inputs).logits.float()  # (B, T, n_tags)
+
+    @staticmethod
     def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed cross-entropy over labelled sub-tokens, so accumulation can divide by the
         step's labelled-token count."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs).logits  # (B, T, n_tags)
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(),
+        logits = TokenClassificationTask.logits(model, batch)
+        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
                                ignore_index=IGNORE, reduction="sum")
 
     @torch.no_grad()
