@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.errors import TunelabError
+from tunelab.runs.onnx_model import is_onnx_export
 from tunelab.serve import routes
 from tunelab.serve.guard import Guard, Limits, bearer_matches
 from tunelab.serve.metrics import Metrics
@@ -106,8 +107,9 @@ def health() -> dict[str, str]:
 @router.get("/v1/models")
 def list_models(request: Request) -> dict[str, Any]:
     created = request.app.state.created
-    ids = request.app.state.served.ids()
-    return {"object": "list", "data": [model_card(m, created) for m in ids]}
+    served = request.app.state.served
+    return {"object": "list", "data": [model_card(m, created, served.card(m))
+                                       for m in served.ids()]}
 
 
 @router.get("/v1/models/{model:path}")
@@ -115,7 +117,7 @@ def get_model(model: str, request: Request) -> dict[str, Any]:
     served = request.app.state.served
     if model not in served.ids():
         raise routes.unknown_model(served, model)
-    return model_card(model, request.app.state.created)
+    return model_card(model, request.app.state.created, served.card(model))
 
 
 @router.get("/metrics")
@@ -140,6 +142,9 @@ def require_admin(request: Request) -> None:
 def base_engine(served: Served, base: str | None) -> Engine:
     """The engine whose base model gets the adapter: `base` names it, or the only one."""
     found = engines(served)
+    if base in served.encoders:  # an encoder run or an ONNX export: nothing to adapt here
+        raise ServeError(f"{base!r} is {served.encoders[base].kind()}; adapters join "
+                         "generative base models only", param="base", code="wrong_route")
     if base is not None:
         for engine in found:
             if engine.base_id == base:
@@ -158,6 +163,10 @@ def base_engine(served: Served, base: str | None) -> Engine:
 async def add_adapter(request: Request) -> dict[str, Any]:
     body = parse(AdapterRequest, await request.body())
     served = request.app.state.served
+    if is_onnx_export(Path(body.path)):
+        raise ServeError(f"{body.path} is an ONNX export, a whole encoder model with its "
+                         "adapter folded in, not an adapter; serve it as a target of its own",
+                         param="path", code="bad_adapter")
     engine = base_engine(served, body.base)
     if body.name in served.ids():
         raise Conflict(f"a model named {body.name!r} is already served; pick another name or "

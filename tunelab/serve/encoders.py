@@ -5,7 +5,9 @@ An `EncoderModel` is a tunelab classification or token-classification run (its a
 directory, which only embeds. Embeddings are sentence-transformers' all-MiniLM-L6-v2
 pipeline (Transformer -> Pooling(mean) -> Normalize): the encoder's last hidden state
 averaged over real tokens, then scaled to unit length; a fine-tuned run embeds with the
-encoder inside its task model, so it serves retrieval with what it learned.
+encoder inside its task model, so it serves retrieval with what it learned. An ONNX export
+(`tunelab export RUN --to onnx OUT`) classifies or finds entities through ONNX Runtime with
+that same inference code; its graph outputs only logits, so it does not embed.
 
 Inputs longer than the model's max length are truncated, never refused: a run's
 model.max_length, a plain model's sentence-transformers max_seq_length (256 for MiniLM) or
@@ -27,6 +29,7 @@ from tunelab.errors import DataError, ModelError
 from tunelab.models import load_tokenizer
 from tunelab.models.resolve import resolve as resolve_model
 from tunelab.runs.layout import task_runs
+from tunelab.runs.onnx_model import load_onnx_run
 from tunelab.runs.trained import load_trained
 from tunelab.tasks.inference import classify, extract_entities, length_batches
 
@@ -36,14 +39,16 @@ WHAT = {"classification": "classify texts", "token_classification": "find entiti
 
 
 class EncoderModel:
-    """One served encoder: `task` says which of classify / ner it answers (every one embeds)."""
+    """One served encoder: `task` says which of classify / ner it answers (every one embeds
+    but an ONNX export, whose graph stops at the logits)."""
 
-    def __init__(self, model_id: str, task: str, model: nn.Module, tokenizer: Any,
-                 info: dict[str, Any], encoder: nn.Module, max_length: int):
+    def __init__(self, model_id: str, task: str, model: Any, tokenizer: Any,
+                 info: dict[str, Any], encoder: nn.Module | None, max_length: int):
         self.id = model_id
         self.task = task
         self.model, self.tokenizer, self.info = model, tokenizer, info
-        self.encoder = encoder  # the bare transformer: the task model's base, or the model
+        # the bare transformer (the task model's base, or the model); None: cannot embed
+        self.encoder = encoder
         self.max_length = max_length
         self._lock = threading.Lock()
 
@@ -61,6 +66,37 @@ class EncoderModel:
                              "token_classification runs are served as encoders")
         return cls(model_id, info["task"], model, tokenizer, info, model.base_model,
                    int(info["max_length"]))
+
+    @classmethod
+    def from_onnx(cls, path: Path, model_id: str) -> EncoderModel:
+        """An ONNX export of a classification or NER run, run by ONNX Runtime from the file
+        its onnx_run.json names (model.int8.onnx after --quantize int8), as predict does."""
+        model, tokenizer, info = load_onnx_run(path)
+        if info["task"] not in RUN_TASKS:
+            raise ModelError(f"{path}: an ONNX export of a {info['task']} run; only "
+                             "classification and token_classification exports are served")
+        return cls(model_id, info["task"], model, tokenizer, info, None, int(info["max_length"]))
+
+    @property
+    def embeds(self) -> bool:
+        return self.encoder is not None
+
+    def card(self) -> dict[str, Any]:
+        """What GET /v1/models adds for this model: an ONNX export's runtime and weights, so
+        a client can tell it from the PyTorch run it came from."""
+        record = self.info.get("onnx")
+        if not isinstance(record, dict):
+            return {}
+        return {"backend": "onnxruntime", "quantization": record.get("quantize"),
+                "file": record.get("model")}
+
+    def kind(self) -> str:
+        """How errors name the model: its task, and for an export its runtime and weights."""
+        card = self.card()
+        if not card:
+            return f"a {self.task} model"
+        weights = "int8" if card["quantization"] == "int8" else "fp32"
+        return f"a {self.task} model (an ONNX export run by ONNX Runtime, {weights})"
 
     @classmethod
     def from_base(cls, path: Path, model_id: str) -> EncoderModel:
@@ -104,18 +140,21 @@ class EncoderModel:
         """(unit-length mean-pooled vectors in input order, input tokens counted with the
         special ones, after truncation)."""
         self._check(None, texts)
+        if self.encoder is None:
+            raise ModelError(f"model '{self.id}' is {self.kind()}; its graph outputs only "
+                             "logits, so it cannot embed; serve the run directory instead")
         with self._lock, torch.inference_mode():
-            return self._embed(texts)
+            return self._embed(self.encoder, texts)
 
-    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+    def _embed(self, encoder: nn.Module, texts: list[str]) -> tuple[list[list[float]], int]:
         lengths = [len(ids) for ids in self.tokenizer(texts, truncation=True,
                                                       max_length=self.max_length)["input_ids"]]
-        device = next(self.encoder.parameters()).device
+        device = next(encoder.parameters()).device
         out: list[list[float]] = [[] for _ in texts]
         for index in length_batches(lengths, EMBED_BATCH):
             batch = self.tokenizer([texts[i] for i in index], truncation=True, padding=True,
                                    max_length=self.max_length, return_tensors="pt").to(device)
-            hidden = self.encoder(**batch).last_hidden_state.float()
+            hidden = encoder(**batch).last_hidden_state.float()
             vectors = mean_pool(hidden, batch["attention_mask"])
             for i, row in zip(index, vectors.cpu().tolist()):
                 out[i] = row

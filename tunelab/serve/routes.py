@@ -41,9 +41,10 @@ def engine_for(served: Served, model: str) -> Engine:
     if model in served.engines:
         return served.engines[model]
     if model in served.encoders:
-        route = ROUTE_OF_TASK.get(served.encoders[model].task, "the encoder routes")
-        raise ServeError(f"{model!r} is a {served.encoders[model].task} model, it does not "
-                         f"generate text; use POST {route}", param="model", code="wrong_route")
+        encoder = served.encoders[model]
+        route = ROUTE_OF_TASK.get(encoder.task, "the encoder routes")
+        raise ServeError(f"{model!r} is {encoder.kind()}, it does not generate text; use POST "
+                         f"{route}", param="model", code="wrong_route")
     raise unknown_model(served, model)
 
 
@@ -212,8 +213,13 @@ def encoder_for(served: Served, model: str, task: str | None) -> Any:
     if model in served.encoders:
         encoder = served.encoders[model]
         if task is not None and encoder.task != task:
-            raise ServeError(f"{model!r} is a {encoder.task} model; use POST "
+            raise ServeError(f"{model!r} is {encoder.kind()}; use POST "
                              f"{ROUTE_OF_TASK[encoder.task]}", param="model", code="wrong_route")
+        if task is None and not encoder.embeds:  # an ONNX export's graph gives logits only
+            raise ServeError(f"{model!r} is {encoder.kind()}; its graph outputs only logits, "
+                             f"so it cannot embed; use POST {ROUTE_OF_TASK[encoder.task]}, or "
+                             "serve the run directory for /v1/embeddings", param="model",
+                             code="wrong_route")
         return encoder
     if model in served.engines:
         raise ServeError(f"{model!r} is a generative model; use POST {GENERATE_ROUTES}",

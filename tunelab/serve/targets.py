@@ -1,6 +1,7 @@
 """What `tunelab serve TARGET...` loads: each target is a run directory, a PEFT adapter
-directory or a model name. Generative targets that share a base model share one engine (the
-base is loaded once; each adapter is a model id); encoder runs are served as they are."""
+directory, an ONNX export (`tunelab export RUN --to onnx OUT`) or a model name. Generative
+targets that share a base model share one engine (the base is loaded once; each adapter is a
+model id); encoder runs and ONNX exports are served as they are."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tunelab.runs.layout import (
     read_run_info,
 )
 from tunelab.runs.named_adapters import RESERVED, adapter_name, split_named
+from tunelab.runs.onnx_model import is_onnx_export
 from tunelab.runs.trained import base_of
 from tunelab.serve.encoders import EncoderModel
 from tunelab.serve.engine import Engine
@@ -38,6 +40,11 @@ class Served:
     def ids(self) -> list[str]:
         return [*dict.fromkeys(i for e in self.engines.values() for i in e.model_ids()),
                 *self.encoders]
+
+    def card(self, model_id: str) -> dict[str, Any]:
+        """Fields GET /v1/models adds to `model_id`'s entry (an ONNX export's backend)."""
+        encoder = self.encoders.get(model_id)
+        return encoder.card() if encoder is not None else {}
 
 
 @dataclass
@@ -78,7 +85,10 @@ def load_targets(targets: list[str], adapters: list[str] | None = None,
 
 def _add_target(target: str, bases: dict[tuple[Path, Path | None], _Base], served: Served) -> None:
     path = Path(target).expanduser()
-    if (path / RUN_INFO).is_file():
+    if is_onnx_export(path):  # ONNX Runtime runs it; predict's code scores it
+        _claim(served, path.name)
+        served.encoders[path.name] = EncoderModel.from_onnx(path, path.name)
+    elif (path / RUN_INFO).is_file():
         info = read_run_info(path)
         task = info.get("route", info["task"])
         if task in ENCODER_TASKS:
@@ -120,6 +130,9 @@ def _base(bases: dict[tuple[Path, Path | None], _Base], path: Path, model_id: st
 
 
 def _put_adapter(base: _Base, name: str, path: Path) -> None:
+    if is_onnx_export(path):
+        raise AdapterError(f"{path} is an ONNX export, a whole model with its adapter folded "
+                           "in; serve it as a TARGET of its own, not with --adapter")
     if name in RESERVED or name in base.adapters or name == base.model_id:
         raise AdapterError(f"the adapter name {name!r} is taken or reserved; name it with "
                            "--adapter NAME=PATH")

@@ -127,8 +127,10 @@ class Reply:
         return {**self._head(True), "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
 
 
-def model_card(model_id: str, created: int) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "tunelab"}
+def model_card(model_id: str, created: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAI's model object; `extra` (an ONNX export's backend) follows its four keys."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "tunelab",
+            **(extra or {})}
 
 
 def embeddings(model: str, vectors: list[list[float]], prompt_tokens: int,
