@@ -125,9 +125,16 @@ def _export(args: argparse.Namespace) -> None:
     export_run(args.run_dir, args.to, args.out, args.quantize, args.dtype)
 
 
+def _prune(args: argparse.Namespace) -> None:
+    from tunelab.commands.prune import prune
+
+    prune(args.run_dir, args.out, args.heads, args.ffn, args.layers, args.examples,
+          args.recover_steps)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
     "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
     "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export,
-    "serve": _serve}
+    "serve": _serve, "prune": _prune}
 

@@ -11,7 +11,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunelab", description="Fine-tune pretrained language models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_training, _config_and_data, _using_runs, _adapters, _studies, _serving):
+    for add in (_training, _config_and_data, _using_runs, _adapters, _studies, _serving,
+                _compress):
         add(sub)
     return p
 
@@ -178,6 +179,24 @@ def _serving(sub: Any) -> None:
     s.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long an idle server waits for more requests to batch")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies: 413")
+
+
+def _compress(sub: Any) -> None:
+    """prune: a smaller model from a trained run."""
+    pr = sub.add_parser("prune", help="remove a run's least important attention heads, FFN "
+                                      "neurons and layers (measured on its training data), "
+                                      "then fine-tune briefly to recover")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("out", type=Path, help="the pruned model directory to write")
+    pr.add_argument("--heads", type=float, help="share of each layer's attention heads to "
+                    "remove (Llama-style attention whose head size is head_dim: Llama, Qwen2, "
+                    "Mistral; not BERT)")
+    pr.add_argument("--ffn", type=float, help="share of each layer's FFN neurons to remove")
+    pr.add_argument("--layers", type=int, help="how many layers to drop")
+    pr.add_argument("--examples", type=int, default=256,
+                    help="training examples the importance is measured on")
+    pr.add_argument("--recover-steps", type=int, default=100,
+                    help="steps of the recovery fine-tune into OUT/recovered (0: none)")
 
 
 def _adapter_options(p: argparse.ArgumentParser) -> None:

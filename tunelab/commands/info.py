@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from tunelab import methods
+from tunelab.compress.record import describe, read_record
 from tunelab.config import RunConfig, dump_config
 from tunelab.data.conll import load_conll_splits
 from tunelab.data.splits import load_splits
 from tunelab.models import load_classifier, load_token_classifier
 from tunelab.models.mlm import load_masked_lm
+from tunelab.models.student import student_record
 from tunelab.recipes.setup import setup
-from tunelab.runs.resolve import resolve
+from tunelab.runs.resolve import resolve_config
 
 
 def show_config(cfg: RunConfig) -> str:
@@ -17,16 +19,24 @@ def show_config(cfg: RunConfig) -> str:
 
 
 def info(cfg: RunConfig) -> None:
+    path = resolve_config(cfg.model)
     if cfg.task == "multitask":  # the shared model with every task's head
 
         model = setup(cfg, lambda _: None).model
     elif cfg.task == "token_classification":
         tags = load_conll_splits(cfg.data).tags
-        model = load_token_classifier(resolve(cfg.model.name), tags, cfg.model.dropout)
+        model = load_token_classifier(path, tags, cfg.model.dropout)
     elif cfg.task == "masked_lm":
-        model = load_masked_lm(resolve(cfg.model.name), cfg.model.dropout)[0]
+        model = load_masked_lm(path, cfg.model.dropout)[0]
     else:
         splits = load_splits(cfg.data)
-        model = load_classifier(resolve(cfg.model.name), splits.labels, cfg.model.dropout)
+        model = load_classifier(path, splits.labels, cfg.model.dropout)
     for line in methods.apply(model, cfg.method).lines(max_names=50):
         print(line)
+    pruned = read_record(path)  # model.name is a `tunelab prune` output
+    for line in describe(pruned) if pruned else []:
+        print(line)
+    student = student_record(path)
+    if student:
+        print(f"model.keep_layers: layers {student['kept_layers']} of "
+              f"{student['layers_before']} kept, {student['dropped_layers']} dropped")

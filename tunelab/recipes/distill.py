@@ -33,6 +33,9 @@ def with_teacher(cfg: Any, s: Setup, device: torch.device, log: Callable[[str], 
     if sorted(labels) != sorted(theirs):
         raise ConfigError(f"distill.teacher: {path} predicts {theirs}, the student's data "
                           f"has {labels}; distil from a teacher trained on the same labels")
+    if d.alpha == 0.0:  # the labels-only baseline of a distillation study
+        log(f"distill: alpha 0, so the labels alone train the student; teacher {path} unused")
+        return
     teacher, tokenizer, _ = load_trained(path)
     try:
         merge(teacher)  # one matrix per layer: the teacher's forward costs what a plain one does

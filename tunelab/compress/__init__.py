@@ -1,0 +1,1 @@
+"""Compression beyond export: structured pruning by measured importance."""
