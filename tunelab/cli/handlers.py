@@ -76,9 +76,19 @@ def _chat(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
+    from tunelab.commands.explain import explain_for_report
     from tunelab.report import report
 
-    report(args.run_dirs, args.out, not args.no_data, args.samples)
+    report(args.run_dirs, args.out, not args.no_data, args.samples,
+           explainer=explain_for_report)
+
+
+def _explain(args: argparse.Namespace) -> None:
+    from tunelab.commands.explain import explain
+
+    explain(args.run_dir, args.texts, args.file, args.label, args.method, args.steps,
+            args.json_out, args.html_out, args.data, args.faithfulness, args.limit,
+            args.max_new_tokens, colour=False if args.no_color else None)
 
 
 def _merge(args: argparse.Namespace) -> None:
@@ -136,5 +146,5 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
     "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
     "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export,
-    "serve": _serve, "prune": _prune}
+    "serve": _serve, "prune": _prune, "explain": _explain}
 

@@ -78,6 +78,28 @@ def _using_runs(sub: Any) -> None:
     _adapter_options(pr)
     pr.add_argument("--task", help="multitask runs: the task to serve")
 
+    x = sub.add_parser("explain", help="token attributions (integrated gradients, gradient x "
+                                       "input, attention rollout) for a run's predictions; "
+                                       "--faithfulness measures them against random")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("texts", nargs="*")
+    x.add_argument("--file", type=Path, help="one text per line")
+    x.add_argument("--label", help="classification: the label to explain (default: the "
+                                   "predicted one)")
+    x.add_argument("--method", choices=["ig", "grad_x_input", "rollout"], default="ig")
+    x.add_argument("--steps", type=int, default=50, help="integrated gradients' path steps")
+    x.add_argument("--json", type=Path, dest="json_out", help="write the explanations as JSON")
+    x.add_argument("--html", type=Path, dest="html_out", help="write a self-contained HTML page")
+    x.add_argument("--data", help="classification: a file read like the training data (or a "
+                                  "catalog name) whose texts are explained, or scored with "
+                                  "--faithfulness (default there: the dev set)")
+    x.add_argument("--faithfulness", action="store_true", help="comprehensiveness, sufficiency "
+                   "and deletion AOPC against a random ranking, on --data")
+    x.add_argument("--limit", type=int, default=200, help="rows of --data to use")
+    x.add_argument("--max-new-tokens", type=int, default=8, help="causal LM: tokens to "
+                                                                  "generate and explain")
+    x.add_argument("--no-color", action="store_true", help="scores in brackets, no colours")
+
     for name, helptext in (("generate", "generate text from a causal LM run or model"),
                            ("chat", "interactive chat with a causal LM run or model")):
         g = sub.add_parser(name, help=helptext)
