@@ -11,8 +11,10 @@ file and any external-data file beside it), single-example latency p50 / p90 ove
 --latency-n dev sentences one at a time after a warm-up (tokenization done beforehand, not
 timed), and batch-32 throughput over the whole dev set (median of --repeats passes; models
 interleaved per pass so drift on the machine hits all alike). torch threads and ONNX Runtime
-intra-op threads are both the machine's core count. The distilled and pruned rows of issue 19
-are listed as not built. Writes its section into BENCHMARKS.md unless --no-write.
+intra-op threads are both the machine's core count. The distilled student, its labels-only
+twin and the pruned model are trained runs (bench/compress_extra.py says how to make each);
+SmolLM2's GGUF q8_0 export follows the table. Writes its section into BENCHMARKS.md unless
+--no-write.
 """
 
 from __future__ import annotations
@@ -28,12 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, machine, update_benchmarks
+from compress_extra import RUNS, gguf_section, trained_rows
 
 TITLE = "## Compression: PyTorch vs ONNX fp32 vs ONNX int8 (CPU)"
 BATCH = 32
 WARMUP = 10
-NOT_BUILT = "not built (issue 19 items 2-3 open)"
-
 
 
 def latencies(model, encodings: list) -> list[float]:
@@ -103,12 +104,33 @@ def naive_int8(model, tokenizer, info, out: Path) -> Path:
     return q
 
 
+def smaller(results: dict[str, dict], pt: dict) -> str:
+    """The distilled and pruned rows against the demo model (PyTorch fp32 both): the
+    issue's goal is the student within 2 points at about 2x the speed."""
+    out = []
+    for key, r in results.items():
+        if key not in RUNS:
+            continue
+        d, x = (r["accuracy"] - pt["accuracy"]) * 100, pt["p50"] / r["p50"]
+        out.append(f"{key}: {d:+.2f} points, {x:.2f}x the single-example speed and "
+                   f"{r['throughput'] / pt['throughput']:.2f}x the batch-32 throughput of the "
+                   f"PyTorch fp32 demo model, {r['size']:.1f} MB")
+    student = results.get(list(RUNS)[0])
+    if student:
+        d, x = (student["accuracy"] - pt["accuracy"]) * 100, pt["p50"] / student["p50"]
+        out.append(f"the distilled-student goal (within 2 points at ~2x speed) is "
+                   f"{'met' if d >= -2 and x >= 1.8 else 'NOT met'} ({d:+.2f}, {x:.2f}x)")
+    return ("Smaller models: " + "; ".join(out) + ".") if out else ""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", type=Path, default=Path("runs/sst2-lora"))
     p.add_argument("--repeats", type=int, default=3, help="timed batch-32 passes over dev")
     p.add_argument("--latency-n", type=int, default=200, help="dev sentences timed one by one")
     p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
+    p.add_argument("--student", type=Path, help="the distilled run (default runs/sst2-student)")
+    p.add_argument("--no-gguf", action="store_true", help="leave out the SmolLM2 GGUF part")
     args = p.parse_args()
     run = args.run if args.run.is_absolute() or args.run.exists() else REPO / args.run
     if not (run / "run.json").is_file():
@@ -161,6 +183,8 @@ def main() -> None:
             "ONNX int8, naive (quantize_dynamic defaults, every weight)": (
                 OnnxModel(naive, threads), onnx_size(naive), None),
         }
+        extra, missing = trained_rows(REPO, {list(RUNS)[0]: args.student})
+        models.update({k: (_Logits(m), size, None) for k, (m, size, _) in extra.items()})
         names = {key: (m.inputs if isinstance(m, OnnxModel) else None)
                  for key, (m, _, _) in models.items()}
 
@@ -209,11 +233,11 @@ def main() -> None:
 
     elapsed = time.perf_counter() - started
     keys = list(models)
-    pt, fp, q8, nv = (results[k] for k in keys)
+    pt, fp, q8, nv = (results[k] for k in keys[:4])
     rows = [f"| {k} | {r['accuracy']:.4f} | {r['size']:.1f} | {r['p50']:.2f} / {r['p90']:.2f} | "
             f"{r['throughput']:.0f} |" for k, r in results.items()]
-    rows += [f"| distilled 3-layer student | {NOT_BUILT} | | | |",
-             f"| pruned (half the heads) | {NOT_BUILT} | | | |"]
+    rows += [f"| {line.split(':')[0]} | not measured: {line.split(': ', 1)[1]} | | | |"
+             for line in missing]
     d_q8 = (q8["accuracy"] - pt["accuracy"]) * 100
     d_nv = (nv["accuracy"] - pt["accuracy"]) * 100
     speed_q8, speed_nv, speed_fp = pt["p50"] / q8["p50"], pt["p50"] / nv["p50"], pt["p50"] / fp["p50"]
@@ -247,8 +271,8 @@ def main() -> None:
         f"<= 0.5 point accuracy loss is {'met' if acc_goal else 'NOT met'} ({d_q8:+.2f}); >= 4x "
         f"PyTorch fp32 single-example latency is {verdict(speed_q8)} at {threads} threads "
         f"({speed_q8:.2f}x) and {verdict(s1_q8)} at 1 thread ({s1_q8:.2f}x; ONNX fp32 "
-        f"{s1_fp:.1f}x, naive int8 {s1_nv:.1f}x there).{disagree} The distilled student and "
-        "the pruned model are not built yet, so their goals (within 2 points at ~2x speed) are untested. Latencies move by "
+        f"{s1_fp:.1f}x, naive int8 {s1_nv:.1f}x there).{disagree} {smaller(results, pt)} "
+        "Latencies move by "
         "several percent between runs on this machine (and far more when another job shares "
         "its two cores); ratios between rows, measured in the same run, are the numbers to "
         "read.")
@@ -266,8 +290,9 @@ def main() -> None:
               "onnxruntime.quantization.quantize_dynamic(src, dst) with default settings.")
     head = ("| model | dev accuracy | file (MB) | p50 / p90 latency 1 example (ms) | batch-32 "
             "throughput (ex/s) |")
+    gguf = [] if args.no_gguf else gguf_section()
     section = "\n".join([TITLE, "", header, "", setup, "", method, "", head,
-                         "|---|---|---|---|---|", *rows, "", one_thread, "", reading, ""])
+                         "|---|---|---|---|---|", *rows, "", one_thread, "", reading, "", *gguf])
     print()
     print(section)
     if not args.no_write:
