@@ -142,9 +142,16 @@ def _prune(args: argparse.Namespace) -> None:
           args.recover_steps)
 
 
+def _federate(args: argparse.Namespace) -> None:
+    from tunelab.commands.federate import federate
+
+    federate(args.config, args.overrides, overwrite=args.overwrite, superlink=args.superlink)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
     "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
     "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export,
-    "serve": _serve, "prune": _prune, "explain": _explain}
+    "serve": _serve, "prune": _prune, "explain": _explain,
+    "federate": _federate}
 

@@ -31,6 +31,15 @@ def _training(sub: Any) -> None:
     me.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. meta.episodes=100")
     me.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
 
+    fe = sub.add_parser("federate", help="federated fine-tuning with Flower: clients train one "
+                        "adapter on their own data; only adapter and head tensors travel")
+    fe.add_argument("config")
+    fe.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. federated.rounds=20")
+    fe.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
+    fe.add_argument("--superlink", metavar="HOST:PORT",
+                    help="submit to a running Flower SuperLink (deployment engine) instead of "
+                         "running every client in this process")
+
 
 def _config_and_data(sub: Any) -> None:
     """config show, info and data inspect / augment: look before training."""
