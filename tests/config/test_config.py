@@ -18,7 +18,7 @@ def err(tree: dict, overrides: list[str] | None = None) -> str:
 def test_unknown_top_level_key_suggests_the_right_one():
     assert err({**BASE, "trian": {}}) == (
         "config: unknown key 'trian' (did you mean 'train'?); valid keys here: model, method, "
-        "train, output_dir, task, data")
+        "train, privacy, output_dir, task, data, distill")
 
 
 def test_unknown_method_key_lists_only_that_methods_keys():

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from tunelab.config.distill import DistillConfig
+from tunelab.config.privacy import PrivacyConfig, check_private_run
 from tunelab.config.sections import (
     ConllDataConfig,
     DataConfig,
@@ -35,6 +36,7 @@ class _RunBase(StrictModel):
     model: ModelConfig = ModelConfig()
     method: MethodConfig = Field(default_factory=lambda: METHODS["lora"].config_cls())
     train: TrainConfig = TrainConfig()
+    privacy: PrivacyConfig | None = None  # DP-SGD (tunelab/train/privacy.py)
     output_dir: str = "runs/run"
 
     @model_validator(mode="before")
@@ -56,6 +58,16 @@ class _RunBase(StrictModel):
     @model_validator(mode="after")
     def _method_fits_run(self) -> "_RunBase":
         METHODS[self.method.name].check_run(self)
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_fits_run(self) -> "_RunBase":
+        """DP-SGD refuses what it cannot make private; data.packing unset means unpacked."""
+        if self.privacy is not None:
+            check_private_run(self)
+            data = getattr(self, "data", None)
+            if data is not None and "packing" in type(data).model_fields and data.packing is None:
+                data.packing = False  # written to config.yaml: the effective choice, explicit
         return self
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from tunelab.runs.layout import (
     ADAPTER_DIR,
     MODEL_DIR,
     check_replaceable,
+    read_run_info,
     write_json,
 )
 from tunelab.runs.trained import run_chain
@@ -108,13 +109,17 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if dist.main:
         _write_run_files(cfg, s, run_dir, dist.world, saves_adapter)
     s.model.to(device)
+    privacy = _private(cfg, s)
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
-                      lr_scales=report.lr_scales, on_eval=on_eval, hook=report.hook)
+                      lr_scales=report.lr_scales, on_eval=on_eval, hook=report.hook,
+                      privacy=privacy)
     start = trainer.resume() if resume else 0
     log(_plan_line(cfg, trainer, device, dist))
     # tasks scored by generation on a test split (translation) are scored before and after
     test_before = s.task.test_before(trainer.inside, device, run_dir, start > 0, dist.main, log)
     result = trainer.fit(start)
+    if privacy is not None:
+        privacy.close()
 
     restored = cfg.train.load_best_at_end and result.best is not None and trainer.restore_best()
     final = trainer.evaluate() if restored else result.last_eval
@@ -134,12 +139,29 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                "wall_seconds": time.perf_counter() - t_start, "precision": trainer.precision,
                "trainable": report.trainable, "total": report.total,
                **_files(run_dir, out, saves_adapter, result.history),
-               **trainer.hook.finish(run_dir, log)}
+               **trainer.hook.finish(run_dir, log),
+               **({"privacy": privacy.summary(result.steps)} if privacy is not None else {})}
     write_json(run_dir / "summary.json", summary)
+    if privacy is not None:  # run.json: what a later command (and the report) must know
+        write_json(run_dir / "run.json", {**read_run_info(run_dir), "privacy": summary["privacy"]})
+        log(f"privacy: {summary['privacy']['guarantee']}")
     for line in summary_lines(summary):
         log(line)
     dist.barrier()
     return summary
+
+
+def _private(cfg: RunConfig, s: Setup) -> Any:
+    """DP-SGD's engine (train/privacy.py) when the config has privacy:, else None; Opacus
+    loads only then."""
+    if cfg.privacy is None:
+        return None
+    from tunelab.train.privacy import PrivateTraining
+
+    if getattr(s.task, "packing", False):
+        raise ConfigError("data.packing: packed rows mix examples, so a row's gradient is not "
+                          "one example's; set data.packing: false with privacy")
+    return PrivateTraining(cfg.privacy, cfg.train, len(s.train))
 
 
 def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any,

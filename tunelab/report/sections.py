@@ -54,7 +54,8 @@ def overview(run: RunFiles) -> Section:
                  ["trainable parameters", f"{s['trainable']:,} / {s['total']:,} "
                                           f"({100 * s['trainable'] / max(s['total'], 1):.2f}%)"],
                  ["selection metric", s["metric"]],
-                 ["weights saved", "best" if s.get("restored_best") else "last"]]
+                 ["weights saved", "best" if s.get("restored_best") else "last"],
+                 *([["privacy", s["privacy"]["guarantee"]]] if s.get("privacy") else [])]
     train = cfg.get("train") or {}
     rows += [[f"train.{k}", str(train[k])] for k in ("batch_size", "lr", "schedule") if k in train]
     blocks: list[Any] = [Table("overview", ["", run.name], rows)]

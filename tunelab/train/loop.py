@@ -12,7 +12,7 @@ import time
 from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -31,6 +31,9 @@ from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.prepare import autocast_for, prepare
 from tunelab.train.selection import BestTracker, EarlyStopper, LoopState
 from tunelab.train.signals import Interrupted, stop_on_signals
+
+if TYPE_CHECKING:  # Opacus loads only for private runs
+    from tunelab.train.privacy import PrivateTraining
 
 __all__ = ["METRICS_FILE", "FitResult", "LoopState", "Trainer"]
 
@@ -55,7 +58,7 @@ class Trainer:
                  log: Callable[[str], None] = print, dist: Dist = Dist(),
                  lr_scales: dict[str, float] | None = None,
                  on_eval: Callable[[dict[str, Any]], None] | None = None,
-                 hook: StepHook | None = None):
+                 hook: StepHook | None = None, privacy: "PrivateTraining | None" = None):
         self.model, self.task, self.train, self.dev = model, task, train, dev
         self.cfg, self.run_dir, self.device, self.log, self.dist = cfg, run_dir, device, log, dist
         # called with each dev record as it is logged; an exception it raises (a tuner's
@@ -69,6 +72,9 @@ class Trainer:
         steps_from_epochs = math.ceil(cfg.epochs * self.batches_per_epoch / cfg.grad_accum)
         self.total_steps = cfg.max_steps or max(1, steps_from_epochs)
         self.optimizer = build_optimizer(model, cfg, fused=not self.fsdp, lr_scales=lr_scales)
+        self.privacy = privacy  # DP-SGD: Poisson batches, per-example clipping, noise
+        if privacy is not None:  # (a noise budget may end the run before total_steps)
+            self.total_steps = privacy.start(model, self.optimizer, self.total_steps, dist, log)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total_steps)
         self.autocast, self.precision = autocast_for(cfg.precision, device)
         self.state = LoopState()
@@ -134,9 +140,12 @@ class Trainer:
                 for k in range(len(parts))]
         n = max(1, sum(self.task.units(d, p) for (d, _), p in zip(data, parts)))  # over all ranks
         # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
-        scale = self.dist.world / n
+        # DP-SGD needs each example's own loss: it divides by the expected batch itself.
+        scale = self.dist.world / n if self.privacy is None else 1.0
         total, tokens = 0.0, 0
         for k, ((train, lengths), index) in enumerate(zip(data, parts)):
+            if not index:  # a Poisson sample (DP-SGD) may leave a micro-batch empty
+                continue
             tokens += sum(lengths[i] for i in index)
             local = self.dist.shard(index)
             weight = scale if local else 0.0  # a rank with no example still joins the all-reduce
@@ -149,16 +158,22 @@ class Trainer:
             if extra is not None:  # computed and back-propagated once per step
                 scaled = scaled + extra
             scaled.backward()
+            if self.privacy is not None:
+                self.privacy.after_backward()
             total += loss.item() if local else 0.0
         if self.dist.active:  # the logged loss covers every rank's examples
             t = torch.tensor([total])
             torch.distributed.all_reduce(t)
             total = t.item()
-        if self.cfg.max_grad_norm:
+        if self.privacy is not None:
+            self.privacy.finish_step(step)  # clipped per example: no clipping of the sum
+        elif self.cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.hook_log = self.hook.after_step(step)  # sees this step's gradients
+        if self.privacy is not None:
+            self.privacy.after_step(step)  # the accountant counts the step
         self.optimizer.zero_grad(set_to_none=True)
         return total, n, tokens
 
@@ -166,11 +181,15 @@ class Trainer:
         """The training record of the steps since the last one."""
         self.state.seconds += w.time
         self.state.tokens += w.tokens
+        spent = {"epsilon": self.privacy.epsilon()} if self.privacy is not None else {}
         record = w.record(step, self.scheduler.get_last_lr()[0],
-                          step * self.cfg.grad_accum / self.batches_per_epoch, self.hook_log)
+                          step * self.cfg.grad_accum / self.batches_per_epoch,
+                          {**self.hook_log, **spent})
         self.metrics.write(record)
         bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}",
-                        tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                        tok_s=f"{record['tokens_per_s']:.0f}", refresh=False,
+                        **({"eps": f"{_finite(record['epsilon']):.3g}"}
+                           if "epsilon" in record else {}))
 
     def _evaluate(self, step: int) -> dict[str, Any]:
         """Score dev and log it; keep the weights when they are the best so far."""
@@ -203,6 +222,8 @@ class Trainer:
 
     def micro_batches(self, step: int) -> list[list[int]]:
         """The index lists optimizer step `step` consumes: a pure function of the step."""
+        if self.privacy is not None:  # Poisson sampling, the sampling DP-SGD's guarantee assumes
+            return self.privacy.micro_batches(step)
         return self.batches.micro_batches(step)
 
     # ------------------------------------------------------------------ checkpoints
@@ -245,3 +266,7 @@ class Trainer:
         return self.inside(lambda m: self.task.evaluate(m, self.dev, self.cfg.eval_batch_size,
                                                         self.device, self.autocast))
 
+
+def _finite(eps: float | None) -> float:
+    """Epsilon for the progress bar: None (no noise, no guarantee) shows as inf."""
+    return math.inf if eps is None else eps
