@@ -91,7 +91,7 @@ def test_cached_and_on_the_fly_teacher_give_the_same_loss_on_packed_batches(
 ) -> None:
     """Packed rows reorder the examples: the cache is looked up by each one's id, so both
     ways of asking the teacher give one loss."""
-    from tunelab.recipes.run import _build
+    from tunelab.recipes.run import build_run
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     files = toy_sentiment_files(tmp_path)
@@ -101,7 +101,7 @@ def test_cached_and_on_the_fly_teacher_give_the_same_loss_on_packed_batches(
                         teacher_logits=mode, alpha=1.0)
         tree["data"]["packing"] = True
         torch.manual_seed(0)  # the same fresh head in both students
-        s, _ = _build(validate(tree), lambda _: None, None, torch.device("cpu"))
+        s, _ = build_run(validate(tree), lambda _: None, None, torch.device("cpu"))
         assert s.task.packing
         batch = s.task.collate(s.train, list(range(0, 40, 3)))
         assert batch["example_ids"].tolist() != list(range(0, 40, 3))  # rows reordered them
@@ -207,7 +207,7 @@ def test_a_ner_student_reads_the_teachers_tags_per_sub_token(
     sub-tokens (the cache holds each sentence's own length of rows)."""
     from ner_fixtures import ner_config, toy_ner_files
 
-    from tunelab.recipes.run import _build
+    from tunelab.recipes.run import build_run
 
     monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path / "cache"))
     files = toy_ner_files(tmp_path)
@@ -216,7 +216,7 @@ def test_a_ner_student_reads_the_teachers_tags_per_sub_token(
         tree = ner_config(tiny_model_dir, files, tmp_path / name)
         tree["distill"] = {"teacher": str(ner_run), "alpha": 1.0, "teacher_logits": name}
         torch.manual_seed(0)  # the same fresh head in every student
-        s, _ = _build(validate(tree), lambda _: None, None, torch.device("cpu"))
+        s, _ = build_run(validate(tree), lambda _: None, None, torch.device("cpu"))
         s.model.eval()
         batch = s.task.collate(s.train, [5, 0, 9, 3])
         losses[name] = s.task.loss_sum(s.model, batch).item()

@@ -30,7 +30,7 @@ from tunelab.federate.server import serve
 from tunelab.federate.worker import Worker
 from tunelab.io import write_text
 from tunelab.methods.peft_format import save_adapter
-from tunelab.recipes.run import _write_run_files, prepare_output
+from tunelab.recipes.run import prepare_output, write_run_files
 from tunelab.runs.layout import ADAPTER_DIR, check_replaceable, write_json
 from tunelab.train.loop import METRICS_FILE
 
@@ -128,7 +128,7 @@ def write_run(worker: Worker, result: Result, records: list[dict[str, Any]], run
         raise TunelabError(f"federated: no round produced a global adapter (every client "
                            f"failed; see the client logs); nothing was saved in {run_dir}")
     worker.load(result.arrays.to_torch_state_dict())
-    _write_run_files(fed.run, s, run_dir, 1, True)
+    write_run_files(fed.run, s, run_dir, 1, True)
     write_text(run_dir / FEDERATED_FILE,
                yaml.safe_dump({"federated": fed.federated.model_dump(mode="json")},
                               sort_keys=False))

@@ -26,7 +26,7 @@ from tunelab.errors import DataError
 from tunelab.federate.config import FederatedRun
 from tunelab.federate.split import label_counts, split_indices, take
 from tunelab.methods.hooks import StepHook
-from tunelab.recipes.run import _build, pick_device, seed_everything
+from tunelab.recipes.run import build_run, pick_device, seed_everything
 from tunelab.train.batches import StepBatches
 from tunelab.train.loop import Trainer
 from tunelab.train.prepare import autocast_for
@@ -79,7 +79,7 @@ class Worker:
         self.device = pick_device(self.cfg.train.device)
         seed_everything(self.cfg.train.seed)
         splits, train_shards = _read(fed)
-        self.setup, self.report = _build(self.cfg, log, splits, self.device)
+        self.setup, self.report = build_run(self.cfg, log, splits, self.device)
         self.setup.model.to(self.device)
         self.named = [(n, p) for n, p in self.setup.model.named_parameters() if p.requires_grad]
         s = fed.federated.split

@@ -103,11 +103,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     log = log if dist.main else _quiet  # rank 0 reports for all
     device = pick_device(cfg.train.device, dist)
     seed_everything(cfg.train.seed)
-    s, report = _build(cfg, log, splits, device)
+    s, report = build_run(cfg, log, splits, device)
     run_dir = prepare_output(cfg, resume, overwrite, dist)
     saves_adapter = methods.METHODS[cfg.method.name].saves_adapter
     if dist.main:
-        _write_run_files(cfg, s, run_dir, dist.world, saves_adapter)
+        write_run_files(cfg, s, run_dir, dist.world, saves_adapter)
     s.model.to(device)
     privacy = _private(cfg, s)
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
@@ -164,7 +164,7 @@ def _private(cfg: RunConfig, s: Setup) -> Any:
     return PrivateTraining(cfg.privacy, cfg.train, len(s.train))
 
 
-def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any,
+def build_run(cfg: RunConfig, log: Callable[[str], None], splits: Any,
            device: torch.device) -> tuple[Setup, Any]:
     """Data, model and task (data first: errors before weights load), then the method (and
     the teacher, when distilling)."""
@@ -181,7 +181,7 @@ def _build(cfg: RunConfig, log: Callable[[str], None], splits: Any,
     return s, report
 
 
-def _write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
+def write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
                      saves_adapter: bool) -> None:
     """config.yaml and run.json: what ran, and what a later command needs to load it."""
     write_text(run_dir / "config.yaml", dump_config(cfg))
