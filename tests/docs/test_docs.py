@@ -266,6 +266,10 @@ def check_yaml(block: YamlBlock) -> list[str]:
                 from tunelab.meta.config import MetaRun
 
                 MetaRun.model_validate(tree)
+            elif "stages" in tree:
+                from tunelab.continual.config import validate_continual
+
+                validate_continual(tree, block.where)
             else:
                 validate(tree, block.where)
     except (ConfigError, ValueError) as exc:

@@ -117,9 +117,9 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tiny_model_dir, t
         with pytest.raises(CheckpointError) as exc:
             train(validate(tree), overwrite=overwrite, log=quiet)
         assert str(exc.value) == (f"output_dir {home} is not empty and is not a tunelab run (no "
-                                  "run.json, cv.json, study.db, meta.json); tunelab never deletes "
-                                  "it, even with --overwrite: set output_dir to a new or empty "
-                                  "directory")
+                                  "run.json, cv.json, study.db, meta.json, continual.json); "
+                                  "tunelab never deletes it, even with --overwrite: set "
+                                  "output_dir to a new or empty directory")
     assert (home / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in home.iterdir()) == ["config.yaml", "thesis.tex"]
 

@@ -26,6 +26,12 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    if args.continue_from is not None:
+        from tunelab.commands.continual import continue_from
+
+        continue_from(_config(args), args.continue_from, args.strategy,
+                      overwrite=args.overwrite, resume=args.resume)
+        return
     from tunelab.recipes.run import train
 
     train(_config(args), resume=args.resume, overwrite=args.overwrite)
@@ -148,10 +154,16 @@ def _federate(args: argparse.Namespace) -> None:
     federate(args.config, args.overrides, overwrite=args.overwrite, superlink=args.superlink)
 
 
+def _continual(args: argparse.Namespace) -> None:
+    from tunelab.commands.continual import continual
+
+    continual(args.config, args.overrides, overwrite=args.overwrite)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
     "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
     "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export,
     "serve": _serve, "prune": _prune, "explain": _explain,
-    "federate": _federate}
+    "federate": _federate, "continual": _continual}
 

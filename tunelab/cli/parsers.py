@@ -24,6 +24,17 @@ def _training(sub: Any) -> None:
     t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. train.lr=1e-4")
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
+    t.add_argument("--continue-from", type=Path, metavar="RUN",
+                   help="start from RUN's weights and train the config's data as a new stage of "
+                        "RUN's task; RUN's dev set is scored before and after (forgetting)")
+    t.add_argument("--strategy", choices=["naive", "replay", "ewc", "lwf"], default="naive",
+                   help="with --continue-from: how to keep RUN's task from being forgotten")
+
+    co = sub.add_parser("continual", help="train stages in order with a strategy against "
+                        "forgetting; writes the accuracy matrix, BWT and FWT")
+    co.add_argument("config")
+    co.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. strategy.name=ewc")
+    co.add_argument("--overwrite", action="store_true", help="replace an earlier run in output_dir")
 
     me = sub.add_parser("meta", help="meta-learn an adapter initialisation for few-shot runs "
                         "(Reptile or first-order MAML over source tasks)")

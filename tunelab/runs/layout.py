@@ -100,7 +100,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
 
 # Files only tunelab writes at the top of an output directory: a run (train, meta), a
 # cross-validation and a tune study. A directory holding none of them is never deleted.
-OUTPUT_MARKERS = (RUN_INFO, "cv.json", "study.db", "meta.json")
+OUTPUT_MARKERS = (RUN_INFO, "cv.json", "study.db", "meta.json", "continual.json")
 
 
 def is_tunelab_output(path: Path) -> bool:
