@@ -160,10 +160,17 @@ def _continual(args: argparse.Namespace) -> None:
     continual(args.config, args.overrides, overwrite=args.overwrite)
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from tunelab.commands.ui import ui
+
+    ui(args.host, args.port, args.runs_dir, args.auth, args.max_upload_mb)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "config": _show, "info": _info, "train": _train, "meta": _meta, "eval": _eval,
     "predict": _predict, "data": _data, "generate": _generate, "chat": _chat,
     "report": _report, "merge": _merge, "cv": _cv, "tune": _tune, "export": _export,
     "serve": _serve, "prune": _prune, "explain": _explain,
-    "federate": _federate, "continual": _continual}
+    "federate": _federate, "continual": _continual,
+    "ui": _ui}
 

@@ -12,7 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_training, _config_and_data, _using_runs, _adapters, _studies, _serving,
-                _compress):
+                _web_ui, _compress):
         add(sub)
     return p
 
@@ -221,6 +221,21 @@ def _serving(sub: Any) -> None:
     s.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="how long an idle server waits for more requests to batch")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies: 413")
+
+
+def _web_ui(sub: Any) -> None:
+    """ui: the web app over a runs directory (docs/ui.md)."""
+    u = sub.add_parser("ui", help="a web app to start, watch, compare and try runs (training "
+                                  "runs as separate `tunelab train` processes)")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: "
+                   "this machine only; another needs --auth)")
+    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                   help="where runs are listed and new runs are written (default: runs)")
+    u.add_argument("--auth", help="user:password (HTTP Basic) or a token (Bearer); also "
+                   "TUNELAB_UI_AUTH")
+    u.add_argument("--max-upload-mb", type=float, default=50.0,
+                   help="largest data file the page may upload (default 50)")
 
 
 def _compress(sub: Any) -> None:

@@ -124,6 +124,8 @@ class TrainConfig(StrictModel):
     checkpoint_every: int | None = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
+    # experiment trackers fed what metrics.jsonl gets (tunelab/train/trackers.py)
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
     seed: int = 0
 
 

@@ -34,6 +34,7 @@ from tunelab.train import distributed, fsdp
 from tunelab.train.distributed import Dist
 from tunelab.train.loop import METRICS_FILE, Trainer
 from tunelab.train.plots import plot_history, summary_lines
+from tunelab.train.trackers import Trackers, require
 
 # Keys that may differ between an interrupted run and its resumption (they do not change
 # what is computed, only how often it is logged or saved).
@@ -103,6 +104,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     log = log if dist.main else _quiet  # rank 0 reports for all
     device = pick_device(cfg.train.device, dist)
     seed_everything(cfg.train.seed)
+    require(cfg.train.report_to)  # a missing tracker package fails before any weights load
     s, report = build_run(cfg, log, splits, device)
     run_dir = prepare_output(cfg, resume, overwrite, dist)
     saves_adapter = methods.METHODS[cfg.method.name].saves_adapter
@@ -110,14 +112,20 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
         write_run_files(cfg, s, run_dir, dist.world, saves_adapter)
     s.model.to(device)
     privacy = _private(cfg, s)
+    trackers = Trackers.from_names(cfg.train.report_to if dist.main else [], run_dir,
+                                   cfg.model_dump(mode="json"))
     trainer = Trainer(s.model, s.task, s.train, s.dev, cfg.train, run_dir, device, log, dist,
                       lr_scales=report.lr_scales, on_eval=on_eval, hook=report.hook,
-                      privacy=privacy)
+                      privacy=privacy, trackers=trackers)
     start = trainer.resume() if resume else 0
     log(_plan_line(cfg, trainer, device, dist))
     # tasks scored by generation on a test split (translation) are scored before and after
     test_before = s.task.test_before(trainer.inside, device, run_dir, start > 0, dist.main, log)
-    result = trainer.fit(start)
+    try:
+        result = trainer.fit(start)
+    except BaseException:  # interrupted (SIGTERM) or failed: close the trackers' files
+        trackers.finish()
+        raise
     if privacy is not None:
         privacy.close()
 
@@ -142,6 +150,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                **trainer.hook.finish(run_dir, log),
                **({"privacy": privacy.summary(result.steps)} if privacy is not None else {})}
     write_json(run_dir / "summary.json", summary)
+    trackers.finish([run_dir / "plot.png", run_dir / "summary.json"])
     if privacy is not None:  # run.json: what a later command (and the report) must know
         write_json(run_dir / "run.json", {**read_run_info(run_dir), "privacy": summary["privacy"]})
         log(f"privacy: {summary['privacy']['guarantee']}")

@@ -31,6 +31,7 @@ from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.prepare import autocast_for, prepare
 from tunelab.train.selection import BestTracker, EarlyStopper, LoopState
 from tunelab.train.signals import Interrupted, stop_on_signals
+from tunelab.train.trackers import Trackers
 
 if TYPE_CHECKING:  # Opacus loads only for private runs
     from tunelab.train.privacy import PrivateTraining
@@ -58,7 +59,8 @@ class Trainer:
                  log: Callable[[str], None] = print, dist: Dist = Dist(),
                  lr_scales: dict[str, float] | None = None,
                  on_eval: Callable[[dict[str, Any]], None] | None = None,
-                 hook: StepHook | None = None, privacy: "PrivateTraining | None" = None):
+                 hook: StepHook | None = None, privacy: "PrivateTraining | None" = None,
+                 trackers: Trackers | None = None):
         self.model, self.task, self.train, self.dev = model, task, train, dev
         self.cfg, self.run_dir, self.device, self.log, self.dist = cfg, run_dir, device, log, dist
         # called with each dev record as it is logged; an exception it raises (a tuner's
@@ -81,7 +83,8 @@ class Trainer:
         self.checkpoints = ckpt.RunCheckpoints(run_dir, model, self.optimizer, self.scheduler,
                                                dist, self.gathered, self.fsdp,
                                                cfg.keep_checkpoints)
-        self.metrics = MetricsLog(run_dir, write=dist.main)
+        self.metrics = MetricsLog(run_dir, write=dist.main, sinks=[trackers.log]
+                                  if trackers is not None and dist.main else [])
         self.metric = cfg.metric or task.default_metric
         self.best = BestTracker(self.metric, cfg.early_stopping)
         self.stopper = EarlyStopper(cfg.early_stopping)

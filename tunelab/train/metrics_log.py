@@ -7,14 +7,16 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, write: bool = True):
-        self.path, self.write_file = run_dir / METRICS_FILE, write
+    def __init__(self, run_dir: Path, write: bool = True,
+                 sinks: Sequence[Callable[[dict[str, Any]], None]] = ()):
+        """`sinks` see each record after it is on disk (train.report_to's trackers)."""
+        self.path, self.write_file, self.sinks = run_dir / METRICS_FILE, write, list(sinks)
         self.history: list[dict[str, Any]] = []
         self._file: Any = None
 
@@ -33,6 +35,8 @@ class MetricsLog:
         self.history.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        for sink in self.sinks:
+            sink(record)
 
     def truncate(self, step: int) -> list[dict[str, Any]]:
         """Resuming: drop records an interrupted run logged after its last checkpoint (`step`;
