@@ -1,4 +1,4 @@
-"""The UI under test: a live `tunelab ui` process (python -m tunelab.commands.ui) on a free
+"""The UI under test: a live `tunelab ui` process (python -m tunelab ui) on a free
 port, and cleanup that ends every process a test started (the UI, supervisors, training)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def env() -> dict[str, str]:
 def live_ui(runs_dir: Path, port: int, *extra: str) -> Iterator[str]:
     """A `tunelab ui` process answering at the returned URL until the block ends."""
     log = (runs_dir.parent / f"ui-{port}.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "tunelab.commands.ui", "--runs-dir",
+    proc = subprocess.Popen([sys.executable, "-m", "tunelab", "ui", "--runs-dir",
                              str(runs_dir), "--port", str(port), *extra], env=env(),
                             stdout=log, stderr=subprocess.STDOUT, cwd=runs_dir.parent)
     url = f"http://127.0.0.1:{port}"

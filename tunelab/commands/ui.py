@@ -5,7 +5,6 @@ starts processes and reads files, so it is never open to a network by accident."
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -71,35 +70,3 @@ def ui(host: str = "127.0.0.1", port: int = 7860, runs_dir: Path = Path("runs"),
     print(f"tunelab ui: http://{host}:{port}/ over {Path(runs_dir).resolve()} (Ctrl-C stops "
           "the UI; runs keep training)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of `tunelab ui` (the same lines go into tunelab/cli/parsers.py)."""
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: "
-                   "this machine only; another needs --auth)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                   help="where runs are listed and new runs are written (default: runs)")
-    p.add_argument("--auth", help="user:password (HTTP Basic) or a token (Bearer); also "
-                   "TUNELAB_UI_AUTH")
-    p.add_argument("--max-upload-mb", type=float, default=50.0,
-                   help="largest data file the page may upload (default 50)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m tunelab.commands.ui ...`: the command before the CLI wires `tunelab ui`."""
-    from tunelab.errors import TunelabError
-
-    parser = argparse.ArgumentParser(prog="tunelab ui")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        ui(args.host, args.port, args.runs_dir, args.auth, args.max_upload_mb)
-    except TunelabError as exc:
-        print(f"error: {exc}", flush=True)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

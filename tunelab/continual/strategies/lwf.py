@@ -13,25 +13,19 @@ from torch import nn
 
 from tunelab.continual.stages import Stages, StageTask
 from tunelab.continual.strategies.base import StagePlan, Strategy
-from tunelab.continual.strategies.replay import UNITS
+from tunelab.continual.strategies.replay import CountedStageTask
 from tunelab.tasks.distill import kd_sum
 
 
-class LwfTask(StageTask):
+class LwfTask(CountedStageTask):
     def __init__(self, inner: Any, head: str, old: list[StageTask], teacher: nn.Module,
                  alpha: float, temperature: float):
         super().__init__(inner, head)
         self.old, self.teacher = old, teacher  # one task per earlier head (its logits)
         self.alpha, self.temperature = alpha, temperature
 
-    def collate(self, data: Any, index: list[int]) -> dict[str, torch.Tensor]:
-        batch = super().collate(data, index)
-        batch[UNITS] = torch.tensor(float(self.inner.units(data, index)))
-        return batch
-
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = dict(batch)
-        units, n = batch.pop(UNITS), len(batch["input_ids"])
+        batch, units, n = self.take_units(batch)
         loss = super().loss_sum(model, batch)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         mask = batch["attention_mask"].bool() if "attention_mask" in batch else None

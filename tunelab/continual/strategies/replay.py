@@ -26,7 +26,25 @@ def buffer_ids(n: int, k: int, seed: int, stage: int) -> list[int]:
     return sorted(random.Random(seed * 1_000_003 + stage).sample(range(n), min(k, n)))
 
 
-class ReplayTask(StageTask):
+class CountedStageTask(StageTask):
+    """A stage task whose batches carry their loss units, for strategies that add loss terms
+    scaled to the batch (replay, LwF)."""
+
+    def collate(self, data: Any, index: list[int]) -> dict[str, torch.Tensor]:
+        batch = super().collate(data, index)
+        batch[UNITS] = torch.tensor(float(self.inner.units(data, index)))
+        return batch
+
+    @staticmethod
+    def take_units(batch: dict[str, torch.Tensor]
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        """(the batch without its units, the units, the number of rows)."""
+        batch = dict(batch)
+        units = batch.pop(UNITS)
+        return batch, units, len(batch["input_ids"])
+
+
+class ReplayTask(CountedStageTask):
     def __init__(self, inner: Any, head: str, buffer: list[tuple[StageTask, Any, int]],
                  per_batch: int, seed: int):
         super().__init__(inner, head)
@@ -39,14 +57,8 @@ class ReplayTask(StageTask):
         super().set_step(step)
         self.rng = random.Random(self.seed * 7_919 + step)
 
-    def collate(self, data: Any, index: list[int]) -> dict[str, torch.Tensor]:
-        batch = super().collate(data, index)
-        batch[UNITS] = torch.tensor(float(self.inner.units(data, index)))
-        return batch
-
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = dict(batch)
-        units, n = batch.pop(UNITS), len(batch["input_ids"])
+        batch, units, n = self.take_units(batch)
         loss = super().loss_sum(model, batch)
         drawn = self.rng.sample(range(len(self.buffer)), min(self.per_batch, len(self.buffer)))
         groups: dict[int, list[int]] = defaultdict(list)
