@@ -126,3 +126,46 @@ def test_unknown_tracker_and_none(tmp_path: Path):
     nothing.log(RECORDS[0])
     nothing.finish([])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_with_report_to_logs_what_metrics_jsonl_holds(tmp_path: Path, monkeypatch,
+                                                           tiny_model_dir: Path):
+    """End to end: `train` with report_to [tensorboard, mlflow]; every train loss and dev
+    accuracy in metrics.jsonl is in the event file and in the MLflow run, step for step."""
+    import json
+
+    from conftest import tiny_config, toy_sentiment_files
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tunelab.config.load import validate
+    from tunelab.recipes.run import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    tree = tiny_config(tiny_model_dir, toy_sentiment_files(tmp_path), run, max_steps=6,
+                       eval_every=3, log_every=2)
+    tree["train"]["report_to"] = ["tensorboard", "mlflow"]
+    train(validate(tree), log=lambda _: None)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    want_loss = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    want_acc = [(r["step"], r["accuracy"]) for r in records if r.get("split") == "dev"]
+    assert len(want_loss) == 3 and len(want_acc) == 3  # steps 2, 4, 6 / 0, 3, 6
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [s for s, _ in got] == [s for s, _ in want_loss]
+    assert all(math.isclose(g, w, rel_tol=1e-6) for (_, g), (_, w) in zip(got, want_loss))
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("dev/accuracy")] == [
+        (s, round(v, 6)) for s, v in want_acc]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.resolve() / 'mlflow.db'}")
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
+    history = sorted((m.step, m.value) for m in client.get_metric_history(mlrun.info.run_id,
+                                                                          "train/loss"))
+    assert [s for s, _ in history] == [s for s, _ in want_loss]
+    assert all(math.isclose(g, w, rel_tol=1e-6) for (_, g), (_, w) in zip(history, want_loss))
+    assert mlrun.info.status == "FINISHED"
+    assert sorted(a.path for a in client.list_artifacts(mlrun.info.run_id)) == [
+        "plot.png", "summary.json"]

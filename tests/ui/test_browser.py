@@ -5,6 +5,8 @@ read the final metric, classify with the trained run; restart the UI while a run
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -122,9 +124,29 @@ def test_new_run_curve_final_metric_and_answer(tmp_path, runs_dir, tiny_model_di
         assert page.locator("#answer-label").text_content() == label
         shown = [float(t) for t in page.locator("#answer .prob").all_text_contents()]
         assert shown == [round(p, 4) for p in sorted(probs.values(), reverse=True)]
+        # a second, shorter run, then the two side by side in the Compare tab
+        page.click(".tab[data-tab=new]")
+        fill_form(page, tiny_model_dir, data, "r2", 20)
+        expect(page.locator("#config-error")).to_be_hidden(timeout=15000)
+        page.click("#start-btn")
+        deadline = time.time() + 120
+        while time.time() < deadline and not (runs_dir / "r2" / "summary.json").is_file():
+            time.sleep(0.5)
+        page.click(".tab[data-tab=compare]")
+        for name in ("r1", "r2"):
+            page.check(f"#compare-list input[value={name}]")
+        page.click("#compare-btn")
+        frame = page.frame_locator("#compare-frame")
+        expect(frame.locator("body")).to_contain_text("r2", timeout=60000)
+        page.screenshot(path=shots / "5-compare.png")
     for png in sorted(shots.glob("*.png")):
         non_blank(png, 3 if png.name.startswith("3-") else 8)
-    assert len(list(shots.glob("*.png"))) == 4
+    assert len(list(shots.glob("*.png"))) == 5
+    keep = os.environ.get("TUNELAB_UI_SHOTS")  # README's pictures come from this test
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, Path(keep) / f"ui-{png.name}")
 
 
 def test_restart_ui_while_training(tmp_path, runs_dir, tiny_model_dir, browser):  # noqa: F811

@@ -55,6 +55,10 @@ def test_a_live_process_recorded_by_the_supervisor_is_running(tmp_path: Path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                 "tunelab"])
     try:
+        cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+        deadline = time.time() + 30  # until the child has exec'd (before, /proc shows pytest)
+        while b"tunelab" not in cmdline.read_bytes() and time.time() < deadline:
+            time.sleep(0.05)
         (tmp_path / ".ui").mkdir()
         (tmp_path / ".ui" / "r.json").write_text(json.dumps({"pid": sleeper.pid,
                                                              "exit_code": None}))
