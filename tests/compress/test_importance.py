@@ -62,7 +62,7 @@ def test_dead_head_scores_zero_and_goes_first() -> None:
     for layer in s.heads:
         assert abs(sum(v * v for v in layer) - 1) < 1e-6  # L2-normalised per layer
     plan = head_plan(s.heads, head_layout(model.config), 1)  # one head from each KV group
-    assert 1 in plan[0] and 2 in plan[1]
+    assert plan[0].count(1) == 1 and plan[1].count(2) == 1  # the zeroed heads are removed
     assert [h // 2 for h in plan[0]] == [0, 1] and [h // 2 for h in plan[1]] == [0, 1]
 
 
