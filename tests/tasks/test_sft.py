@@ -12,6 +12,7 @@ from sft_fixtures import tiny_llama_dir, tiny_tokenizer
 from tunelab.data.render import IGNORE, Renderer
 from tunelab.data.sft import Completion, Conversation, PlainText, load_records
 from tunelab.errors import DataError
+from tunelab.kernels.varlen_attention import block_mask
 from tunelab.tasks.causal_lm import CausalLMTask, pack_batch, pad_batch
 
 
@@ -182,8 +183,8 @@ def test_packing_isolates_examples(tmp_path):
             assert task.loss_sum(model, only_k).item() == pytest.approx(alone, abs=1e-4)
 
         def logits_of(batch):
-            mask = torch.zeros(batch["block_mask"].shape).masked_fill(~batch["block_mask"],
-                                                                       torch.finfo(torch.float32).min)
+            allowed = block_mask(batch["cu_seq_lens"], 1, batch["input_ids"].shape[1], True)
+            mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
             return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                          attention_mask=mask).logits
 

@@ -21,6 +21,14 @@ from tunelab.data.batching import plan_batches
 from tunelab.data.render import IGNORE, LMEncoded, Renderer
 from tunelab.data.sft import Conversation
 from tunelab.kernels.chunked_ce import chunked_linear_cross_entropy
+from tunelab.kernels.varlen_attention import (
+    block_mask,
+    cu_seq_lens,
+    runs_varlen,
+    use_varlen_attention,
+    varlen_blocker,
+    varlen_inputs,
+)
 from tunelab.tasks.base import Task
 
 
@@ -39,21 +47,30 @@ def pad_batch(data: LMEncoded, index: list[int], pad_id: int) -> dict[str, torch
 
 
 def pack_batch(data: LMEncoded, index: list[int]) -> dict[str, torch.Tensor]:
-    """All examples in one row (1, T): position ids restart per example, and a block-diagonal
-    causal mask keeps each example from seeing the others. Labels at example starts are
-    IGNORE, so no example is trained to predict its first token from the one before."""
-    ids, labels, pos, seg = [], [], [], []
-    for k, i in enumerate(index):
+    """All examples in one row (1, T): position ids restart per example, and cu_seq_lens
+    (N + 1,) marks where each example starts, so attention stays inside each example
+    (per example, tunelab.kernels.varlen_attention; or a dense mask built from it). Labels at
+    example starts are IGNORE, so no example is trained to predict its first token from the
+    one before."""
+    ids, labels, pos = [], [], []
+    for i in index:
         n = len(data.input_ids[i])
         ids += data.input_ids[i]
         labels += [IGNORE] + data.labels[i][1:]
         pos += range(n)
-        seg += [k] * n
-    s = torch.tensor(seg)
-    causal = torch.ones(len(seg), len(seg), dtype=torch.bool).tril()
-    allowed = causal & (s[:, None] == s[None, :])  # (T, T)
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([pos]), "block_mask": allowed[None, None]}
+            "position_ids": torch.tensor([pos]),
+            "cu_seq_lens": cu_seq_lens([len(data.input_ids[i]) for i in index])}
+
+
+def packed_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The attention keywords of a packed batch: the example boundaries where `model` reads
+    them (tunelab.kernels.varlen_attention), else the dense block-diagonal causal mask."""
+    rows, width = batch["input_ids"].shape
+    if runs_varlen(model):
+        return varlen_inputs(batch["cu_seq_lens"], rows, width)
+    return {"attention_mask": additive_mask(block_mask(batch["cu_seq_lens"], rows, width, True),
+                                            model)}
 
 
 def additive_mask(allowed: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -98,6 +115,19 @@ class CausalLMTask(Task):
     def collate(self, data: LMEncoded, index: list[int]) -> dict[str, torch.Tensor]:
         return pack_batch(data, index) if self.packing else pad_batch(data, index, self.pad_id)
 
+    def choose_batches(self, model: nn.Module, cfg: Any, log: Callable[[str], None]) -> None:
+        """Packed rows: attention per example where the model allows it, else (logged, with
+        the reason) a dense T x T block mask per batch."""
+        if not self.packing:
+            return
+        why = varlen_blocker(model)
+        if why is None:
+            impl = use_varlen_attention(model)
+            log(f"attention: packed rows attend per example ({impl}: each example's own "
+                "slice of the row, no T x T mask)")
+        else:
+            log(f"attention: packed rows use a dense T x T block mask (fallback: {why})")
+
     @staticmethod
     def units(data: LMEncoded, index: list[int]) -> float:
         """The supervised tokens these examples hold on average: a step's loss sum is divided
@@ -108,8 +138,8 @@ class CausalLMTask(Task):
 
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        if "block_mask" in batch:
-            inputs["attention_mask"] = additive_mask(batch["block_mask"], model)
+        if "cu_seq_lens" in batch:  # packed
+            inputs.update(packed_inputs(model, batch))
         hidden = model.base_model(**inputs).last_hidden_state  # (B, T, H)
         targets = batch["labels"][:, 1:]  # (B, T-1): token t+1 is predicted at t
         keep = targets != IGNORE
