@@ -44,12 +44,17 @@ def detect_format(path: Path, fmt: str) -> str:
 
 
 def read_examples(path: Path, fmt: str, header: bool, columns: Columns,
-                  encoding: str = DEFAULT_ENCODING) -> list[Example]:
+                  encoding: str = DEFAULT_ENCODING, dropped: list[str] | None = None
+                  ) -> list[Example]:
+    """Every row as an Example. An empty text is a DataError, unless `dropped` is given (a
+    catalog set with known empty rows): then the row is left out and its "file:line" added."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind = detect_format(path, fmt)
     rows = (json_lines(path, encoding) if kind == "jsonl"
             else _delimited_rows(path, kind, header, columns, encoding))
+    if dropped is not None:
+        rows = _without_empty_text(rows, columns.text, path, dropped)
     examples = [_example(row, columns, path, line) for line, row in rows]
     if not examples:
         raise DataError(f"{path}: no examples found")
@@ -96,6 +101,16 @@ def _rows(reader, path: Path, kind: str, header: bool, columns: Columns
             sep = "tab-separated" if kind == "tsv" else "comma-separated"
             raise DataError(f"{path}:{line}: expected {width} {sep} fields, found {len(row)}")
         yield line, (dict(zip(names, row)) if names else dict(enumerate(row)))
+
+
+def _without_empty_text(rows: Iterator[tuple[int, dict[Any, Any]]], text: str | int, path: Path,
+                        dropped: list[str]) -> Iterator[tuple[int, dict[Any, Any]]]:
+    for line, row in rows:
+        value = row.get(text)
+        if isinstance(value, str) and not value.strip():
+            dropped.append(f"{path}:{line}")
+            continue
+        yield line, row
 
 
 def json_lines(path: Path, encoding: str = DEFAULT_ENCODING) -> Iterator[tuple[int, dict[Any, Any]]]:

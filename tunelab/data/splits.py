@@ -61,9 +61,11 @@ NAMES_NOTE = (f"data.train, data.dev, data.test and `tunelab eval --data` each t
               f"path or a catalog name ({', '.join(CATALOG)})")
 
 
-def read_like_training(cfg: DataConfig, path: str | Path, split: str = "dev") -> list[Example]:
+def read_like_training(cfg: DataConfig, path: str | Path, split: str = "dev",
+                       dropped: list[str] | None = None) -> list[Example]:
     """Read another file with the training data's format and columns (data.dev, data.test,
-    eval --data). A catalog name reads that dataset's `split` file, in the catalog's layout."""
+    eval --data). A catalog name reads that dataset's `split` file, in the catalog's layout.
+    `dropped` (catalog sets with known empty rows): as in read_examples."""
     entry = lookup(path) if isinstance(path, str) else None
     if entry is not None:
         relative = getattr(entry, split)
@@ -74,12 +76,12 @@ def read_like_training(cfg: DataConfig, path: str | Path, split: str = "dev") ->
         cols = entry.columns
         columns = Columns(text=cols["text"], label=cols["label"], text_pair=cols.get("text_pair"))
         return read_examples(catalog_path(relative), entry.format, entry.header, columns,
-                             cfg.encoding)
+                             cfg.encoding, dropped)
     fmt, header, columns = source_settings(cfg)
     file = Path(path).expanduser()
     if not file.is_file():
         raise DataError(f"{file}: file not found ({NAMES_NOTE})")
-    return read_examples(file, fmt, header, columns, cfg.encoding)
+    return read_examples(file, fmt, header, columns, cfg.encoding, dropped)
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -92,11 +94,16 @@ def load_splits(cfg: DataConfig) -> Splits:
         train_path = Path(cfg.train).expanduser()
         dev_src, test_src = cfg.dev, cfg.test
 
+    dropped: list[str] | None = [] if entry is not None and entry.drop_empty_text else None
+
     def read(p: str | Path, split: str) -> list[Example]:
         return read_like_training(cfg, p, split)
 
     notes = []
-    train = read(train_path, "train")
+    train = read_like_training(cfg, train_path, "train", dropped)
+    if dropped:  # the catalog's known defect, said aloud
+        notes.append(f"{cfg.train}: left out {len(dropped)} row(s) with an empty text "
+                     f"({', '.join(dropped[:3])})")
     if dev_src:
         dev = read(dev_src, "dev")
     else:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tunelab.kernels.dropout_attention import NAME as TUNELAB_ATTENTION
+from tunelab.kernels.last_token import last_token_blocker, reads_last_token
 
 # Task models whose head reads the first token of the last layer and nothing else.
 FIRST_TOKEN_HEADS = ("BertForSequenceClassification",)
@@ -38,7 +39,10 @@ def last_attention_output(model: nn.Module) -> nn.Module | None:
 
 def packing_blocker(model: nn.Module, gradient_checkpointing: bool = False) -> str | None:
     """Why `model` cannot train on packed rows (with gradient checkpointing on, or to be
-    turned on), or None when it can."""
+    turned on), or None when it can. Decoder classifiers read the last token instead
+    (tunelab.kernels.last_token)."""
+    if reads_last_token(model):
+        return last_token_blocker(model)
     if gradient_checkpointing or getattr(model, "is_activation_checkpointing", False):
         return "gradient checkpointing re-runs the last layer without the first-token cut"
     if last_attention_output(model) is None:

@@ -15,12 +15,14 @@ from tunelab.data.packing import pack
 from tunelab.data.readers import Example
 from tunelab.errors import ConfigError
 from tunelab.kernels.first_token import first_token_only, packing_blocker
+from tunelab.kernels.last_token import packed_last_logits, reads_last_token
 from tunelab.tasks.base import Task
 from tunelab.tasks.metrics import classification_metrics
 
 
-# batch entries that are not model inputs: targets, packed rows' first tokens, example ids
-NOT_INPUTS = ("labels", "firsts", "example_ids")
+# batch entries that are not model inputs: targets, packed rows' first (encoders) or last
+# (decoders) tokens, example ids
+NOT_INPUTS = ("labels", "firsts", "lasts", "example_ids")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class ClassificationTask(Task):
         # training batches random and packed into rows (tunelab.data.packing), not padded:
         # the run turns it on when the model can read them (first_token.packing_blocker)
         self.packing = False
+        self.causal = False  # a decoder classifier: packed rows causal, read at the last token
 
     @classmethod
     def from_run_info(cls, tokenizer, info: dict[str, Any]) -> "ClassificationTask":
@@ -57,7 +60,9 @@ class ClassificationTask(Task):
                       [self.index[e.label] for e in examples], self.max_length)
 
     def collate(self, data: Encoded, index: list[int]) -> dict[str, torch.Tensor]:
-        return (pack if self.packing else collate)(data, index, self.pad_id)
+        if self.packing:
+            return pack(data, index, self.pad_id, causal=self.causal)
+        return collate(data, index, self.pad_id)
 
     def choose_batches(self, model: nn.Module, cfg: Any, log: Callable[[str], None]) -> None:
         """Packed or padded batches (data.packing: None packs where the model reads packed
@@ -69,6 +74,7 @@ class ClassificationTask(Task):
             raise ConfigError(f"data.packing: true, but {why}; set data.packing: false "
                               "(padded batches)")
         self.packing = asked is not False and why is None
+        self.causal = reads_last_token(model)
         log("batches: random, packed into rows (no padding)" if self.packing else
             "batches: " + ("sorted by length" if cfg.train.bucket_by_length else "random")
             + ", padded" + (f" (not packed: {why})" if why else ""))
@@ -87,6 +93,8 @@ class ClassificationTask(Task):
     def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, n_labels) float logits, examples in the order of batch["labels"]."""
         inputs = {k: v for k, v in batch.items() if k not in NOT_INPUTS}
+        if "lasts" in batch:  # a decoder's packed rows: each example's last token
+            return packed_last_logits(model, inputs, batch["lasts"]).float()  # (B, n_labels)
         # the head reads one token: the last layer skips the rest (and finds it in packed rows)
         with first_token_only(model, batch.get("firsts")):
             return model(**inputs).logits.float()  # (B, n_labels)

@@ -14,6 +14,7 @@ from torch import nn
 
 from tunelab.data.subwords import IGNORE
 from tunelab.kernels.first_token import packing_blocker
+from tunelab.kernels.last_token import reads_last_token
 
 
 def kd_sum(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -75,6 +76,8 @@ class DistillTask:
         self.inner.choose_batches(model, cfg, log)
         if getattr(self.inner, "packing", False) and self.teacher.teacher is not None:
             why = packing_blocker(self.teacher.teacher, False)
+            if not why and reads_last_token(self.teacher.teacher) != reads_last_token(model):
+                why = "one of teacher and student is a decoder (reads the last token), the other not"
             if why:
                 self.inner.packing = False
                 log(f"batches: padded after all: the teacher reads each batch and {why}")
