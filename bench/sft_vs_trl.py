@@ -30,12 +30,14 @@ FLOPS_PER_TOKEN = 4 * 134.5e6
 # The -chunked runs add the chunked output layer + loss (train.loss_chunk_size).
 RUNS = ["tunelab", "tunelab-chunked", "tunelab-gc", "tunelab-gc-chunked", "tunelab-packed", "trl",
         "trl-packed"]
+# --quantize nf4 int8: tunelab on a quantized base (model.quantize), rows after RUNS
+QUANT_RUNS = ["tunelab-nf4", "tunelab-int8"]
 LOSS_CHUNK = 256
 LR, RANK, ALPHA, BATCH, WARMUP, SEED = 5e-4, 16, 32, 4, 0.05, 0
 
 
 def run_config(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool = False,
-               chunked: bool = False):
+               chunked: bool = False, quantize: str | None = None):
     from tunelab.config import load_config
 
     return load_config(None, [
@@ -47,17 +49,22 @@ def run_config(args: argparse.Namespace, out_dir: Path, packing: bool, checkpoin
         f"train.warmup_ratio={WARMUP}", "train.checkpoint_every=100000", f"train.seed={SEED}",
         "train.eval_batch_size=8", "train.load_best_at_end=false",
         f"train.gradient_checkpointing={str(checkpointing).lower()}",
-        *([f"train.loss_chunk_size={LOSS_CHUNK}"] if chunked else []), f"output_dir={out_dir}"])
+        *([f"train.loss_chunk_size={LOSS_CHUNK}"] if chunked else []),
+        *([f"model.quantize={quantize}"] if quantize else []), f"output_dir={out_dir}"])
 
 
 def child_tunelab(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool) -> dict:
     from tunelab.recipes.run import train
 
-    summary = train(run_config(args, out_dir, packing, checkpointing, out_dir.name.endswith("chunked")),
-                    overwrite=True, log=lambda _: None)
+    quantize = next((q for q in ("nf4", "int8") if out_dir.name.endswith(q)), None)
+    summary = train(run_config(args, out_dir, packing, checkpointing, out_dir.name.endswith("chunked"),
+                               quantize), overwrite=True, log=lambda _: None)
+    # a quantized run's held-out loss is on its quantized base (the model that trained); its
+    # adapter on the fp32 base is measured too (held_out_loss), once RSS has been read
     return {"tokens": summary["tokens_per_s"] * summary["train_seconds"],
             "seconds": summary["train_seconds"], "adapter": summary["artifact"],
-            "loss": summary["final_dev"]["loss"], "base_loss": summary["initial_dev"]["loss"]}
+            "loss": summary["final_dev"]["loss"], "base_loss": summary["initial_dev"]["loss"],
+            **({"quantize": quantize} if quantize else {})}
 
 
 def child_trl(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool) -> dict:
@@ -128,6 +135,8 @@ def child(kind: str, args: argparse.Namespace) -> None:
     result.setdefault("peak_rss_mb", peak_rss_mb())
     if "loss" not in result:
         result["loss"] = held_out_loss(args, result["adapter"])
+    if result.get("quantize"):
+        result["loss_fp32_base"] = held_out_loss(args, result["adapter"])
     Path(args.json).write_text(json.dumps(result))
 
 
@@ -148,14 +157,21 @@ def write_table(args: argparse.Namespace, results: dict[str, dict], peak: float)
              f"-chunked: output layer and loss {LOSS_CHUNK} tokens at a time.", "",
              "| run | gradient checkpointing | real tokens | train time (s) | real tokens/s | vs TRL packed | MFU | peak RSS (MB) | held-out loss |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for kind in RUNS:
+    for kind in [k for k in RUNS + QUANT_RUNS if k in results]:
         r = results[kind]
         tps = r["tokens"] / r["seconds"]
         lines.append(f"| {kind} | {'on' if r['checkpointing'] else 'off'} | {r['tokens']:.0f} | {r['seconds']:.0f} | {tps:.1f} | "
                      f"{tps / ref:.2f}x | {tps * FLOPS_PER_TOKEN / (peak * 1e9):.0%} | "
                      f"{r['peak_rss_mb']:.0f} | {r['loss']:.4f} |")
+    quant = [k for k in QUANT_RUNS if k in results]
+    if quant:  # peak RSS includes loading the fp32 base before it is quantized
+        lines += ["", "Quantized base (model.quantize; peak RSS includes loading the fp32 base "
+                  "before quantization): held-out loss of the same adapter on the fp32 base: "
+                  + ", ".join(f"{k} {results[k]['loss_fp32_base']:.4f}" for k in quant) + "."]
     lines += ["", f"Command: `python bench/sft_vs_trl.py --examples {args.examples} --eval "
-              f"{args.eval} --max-length {args.max_length}` (or `make bench`)."]
+              f"{args.eval} --max-length {args.max_length}"
+              + (f" --quantize {' '.join(k.split('-')[1] for k in quant)}" if quant else "")
+              + "` (or `make bench`)."]
     return "\n".join(lines) + "\n"
 
 
@@ -165,7 +181,9 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=40)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--work", default="/tmp/tunelab-bench-sft")
-    p.add_argument("--child", choices=RUNS)
+    p.add_argument("--child", choices=RUNS + QUANT_RUNS)
+    p.add_argument("--quantize", nargs="*", choices=["nf4", "int8"], default=[],
+                   help="add tunelab runs on a quantized base (model.quantize)")
     p.add_argument("--json")
     p.add_argument("--only", nargs="*", choices=RUNS, default=RUNS)
     args = p.parse_args()
@@ -173,7 +191,7 @@ def main() -> None:
         return child(args.child, args)
     peak = matmul_peak_gflops()
     results = {}
-    for kind in args.only:
+    for kind in args.only + [f"tunelab-{q}" for q in args.quantize]:
         out = Path(args.work) / f"{kind}.json"
         cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--work", args.work,
                "--examples", str(args.examples), "--eval", str(args.eval),
@@ -183,7 +201,7 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         results[kind] = json.loads(out.read_text())
         print(f"  {kind}: {results[kind]}", flush=True)
-    if set(results) == set(RUNS):
+    if set(results) >= set(RUNS):
         section = write_table(args, results, peak)
         update_benchmarks(section)
         print(section)

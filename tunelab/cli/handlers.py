@@ -20,9 +20,10 @@ def _show(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from tunelab.commands.info import info
+    from tunelab.commands.info import config_source, info
+    from tunelab.config import load_config
 
-    info(_config(args))
+    info(load_config(config_source(args.config), args.overrides))  # a run directory too
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.commands import images as image_commands
 from tunelab.commands import ner as ner_commands
 from tunelab.config import validate
 from tunelab.data.sft import load_records
@@ -15,7 +16,7 @@ from tunelab.errors import DataError
 from tunelab.recipes.causal_lm import renderer_for, split_records
 from tunelab.recipes.mlm import evaluate_mlm
 from tunelab.recipes.translation import translation_task
-from tunelab.runs.layout import task_runs
+from tunelab.runs.layout import read_run_info, task_runs
 from tunelab.runs.named_adapters import load_run
 from tunelab.runs.onnx_model import is_onnx_export, load_onnx_run
 from tunelab.tasks.causal_lm import CausalLMTask
@@ -47,6 +48,8 @@ def _evaluate_run(run_dir: Path, data: str | None, split: str, adapters: list[st
     import torch
 
     onnx = is_onnx_export(run_dir)
+    if not onnx and read_run_info(run_dir)["task"] == "image_classification":
+        return image_commands.evaluate(run_dir, data, split, adapters, use)
     model, tokenizer, info = (load_onnx_run(run_dir, adapters, use, task) if onnx
                               else load_run(run_dir, adapters, use))
     cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))

@@ -6,12 +6,14 @@ import sys
 from collections import Counter
 from itertools import groupby
 
+from tunelab.commands import images as image_commands
 from tunelab.commands.highlight import highlight
 from tunelab.commands.inspect_masks import inspect_masks
 from tunelab.commands.inspect_tags import inspect_tags
 from tunelab.config import (
     CausalLMRun,
     ClassificationRun,
+    ImageClassificationRun,
     MaskedLMRun,
     MultiTaskRun,
     RunConfig,
@@ -46,6 +48,8 @@ def inspect(cfg: RunConfig, n: int = 3, colour: bool | None = None) -> None:
         return None
     if isinstance(cfg, ClassificationRun):
         return _classification(cfg)
+    if isinstance(cfg, ImageClassificationRun):
+        return image_commands.inspect(cfg, n)
     if isinstance(cfg, TokenClassificationRun):
         return inspect_tags(cfg, n, colour)
     if isinstance(cfg, MaskedLMRun):

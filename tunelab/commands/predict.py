@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunelab.commands import images as image_commands
 from tunelab.commands import ner as ner_commands
 from tunelab.errors import DataError
-from tunelab.runs.layout import task_runs
+from tunelab.runs.layout import read_run_info, task_runs
 from tunelab.runs.named_adapters import load_run
 from tunelab.runs.onnx_model import is_onnx_export, load_onnx_run
 from tunelab.tasks.inference import classify
@@ -26,6 +27,8 @@ def predict(run_dir: Path, texts: list[str], file: Path | None, adapters: list[s
         if not file.is_file():
             raise DataError(f"{file}: file not found")
         texts = texts + [t for t in file.read_text(encoding="utf-8").splitlines() if t.strip()]
+    if not onnx and read_run_info(run_dir)["task"] == "image_classification":
+        return image_commands.predict(run_dir, texts, adapters, use)  # texts: image paths
     if not texts:
         raise DataError("predict: give texts as arguments or --file with one text per line")
     model, tokenizer, info = (load_onnx_run(run_dir, adapters, use, task) if onnx

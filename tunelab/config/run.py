@@ -13,6 +13,8 @@ from pydantic import Field, field_validator, model_validator
 
 from tunelab.config.distill import DistillConfig
 from tunelab.config.privacy import PrivacyConfig, check_private_run
+from tunelab.config.vision import ImageDataConfig
+from tunelab.config.quantize import check_quantized_run
 from tunelab.config.sections import (
     ConllDataConfig,
     DataConfig,
@@ -29,7 +31,8 @@ from tunelab.schema import StrictModel
 
 __all__ = ["ClassificationRun", "TokenClassificationRun", "CausalLMRun", "TranslationRun",
            "MaskedLMRun", "SEARCH_KEY", "ClassificationPart", "TokenClassificationPart",
-           "TaskPart", "MultiTaskRun", "RUN_TYPES", "RunConfig", "RUN_CONFIG", "TASKS"]
+           "TaskPart", "MultiTaskRun", "RUN_TYPES", "RunConfig", "RUN_CONFIG", "TASKS",
+           "ImageClassificationRun"]
 
 
 class _RunBase(StrictModel):
@@ -58,6 +61,11 @@ class _RunBase(StrictModel):
     @model_validator(mode="after")
     def _method_fits_run(self) -> "_RunBase":
         METHODS[self.method.name].check_run(self)
+        return self
+
+    @model_validator(mode="after")
+    def _quantize_fits_run(self) -> "_RunBase":
+        check_quantized_run(self)
         return self
 
     @model_validator(mode="after")
@@ -102,6 +110,27 @@ class ClassificationRun(_RunBase):
         if self.train.metric in ("f1", "token_accuracy"):
             raise ValueError(f"train.metric: {self.train.metric} scores token classification; "
                              "classification runs use accuracy, macro_f1 or loss")
+        return self
+
+
+class ImageClassificationRun(_RunBase):
+    """An image classifier (ViT, ConvNeXt, ResNet: AutoModelForImageClassification) on image
+    folders, preprocessed by the model's own image processor (tunelab/data/images.py)."""
+
+    task: Literal["image_classification"] = "image_classification"
+    data: ImageDataConfig
+
+    @model_validator(mode="after")
+    def _fits_images(self) -> "ImageClassificationRun":
+        if self.train.metric in ("f1", "token_accuracy"):
+            raise ValueError(f"train.metric: {self.train.metric} scores token classification; "
+                             "image_classification runs use accuracy, macro_f1 or loss")
+        if self.train.loss_chunk_size is not None:
+            raise ValueError("train.loss_chunk_size: only causal_lm runs have a vocabulary-sized "
+                             "output layer to chunk; remove it")
+        if self.model.keep_layers is not None:
+            raise ValueError("model.keep_layers: image models are not cut into students yet; "
+                             "remove it")
         return self
 
 
@@ -249,7 +278,7 @@ class MultiTaskRun(_RunBase):
 
 # The run types, once: the union, the tagged union pydantic validates, and the task names.
 RUN_TYPES = (ClassificationRun, CausalLMRun, TokenClassificationRun, TranslationRun, MaskedLMRun,
-             MultiTaskRun)
+             MultiTaskRun, ImageClassificationRun)
 RunConfig = Union[RUN_TYPES]  # type: ignore[valid-type]
 RUN_CONFIG = Annotated[RunConfig, Field(discriminator="task")]
 TASKS = tuple(t.model_fields["task"].default for t in RUN_TYPES)

@@ -43,6 +43,9 @@ class ModelConfig(StrictModel):
     # dropped), a list names the layers kept (e.g. [0, 2, 4]); built once as a plain model
     # directory (tunelab/models/student.py), a student for distill:
     keep_layers: int | list[int] | None = None
+    # store the frozen base's Linear weights in 4 or 8 bits (QLoRA; tunelab/models/quantize.py)
+    quantize: Literal["nf4", "fp4", "int8"] | None = None
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # what quantized layers compute in
 
     @field_validator("keep_layers")
     @classmethod

@@ -20,6 +20,7 @@ from tunelab.config import (
 )
 from tunelab.config.load import note_to_stderr
 from tunelab.config.messages import describe
+from tunelab.config.quantize import refuse_quantize
 from tunelab.config.switch import apply_overrides
 from tunelab.config.tree import read_yaml
 from tunelab.errors import ConfigError
@@ -126,6 +127,7 @@ class ContinualRun(StrictModel):
 
     @model_validator(mode="after")
     def _checks(self) -> "ContinualRun":
+        refuse_quantize(self.model, "tunelab continual")
         names = [s.name for s in self.stages]
         for i, s in enumerate(self.stages):
             if not re.fullmatch(r"[A-Za-z0-9_-]+", s.name):

@@ -10,6 +10,7 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from tunelab.config import DataConfig, MethodConfig, ModelConfig
 from tunelab.config.load import note_to_stderr
 from tunelab.config.messages import describe
+from tunelab.config.quantize import refuse_quantize
 from tunelab.config.switch import apply_overrides
 from tunelab.config.tree import read_yaml
 from tunelab.errors import ConfigError
@@ -55,6 +56,7 @@ class MetaRun(StrictModel):
 
     @model_validator(mode="after")
     def _adapter_method(self) -> "MetaRun":
+        refuse_quantize(self.model, "tunelab meta")
         if not METHODS[self.method.name].saves_adapter:
             raise ValueError(f"method.name: meta-learning learns an adapter initialisation; "
                              f"{self.method.name} saves no adapter (use lora, dora, ia3, ...)")

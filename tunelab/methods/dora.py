@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tunelab.methods.lora import LoraLinear, LoraMethod, LoraOptions
@@ -22,9 +21,7 @@ class DoraConfig(LoraOptions):
 class DoraLinear(LoraLinear):
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float, scaling: str):
         super().__init__(base, r, alpha, dropout, scaling)
-        self.lora_magnitude_vector = nn.Parameter(torch.empty(self.out_features,
-                                                              dtype=self.weight.dtype,
-                                                              device=self.weight.device))
+        self.lora_magnitude_vector = nn.Parameter(torch.empty(self.out_features, **self.options()))
         self.finish_init()
 
     @torch.no_grad()
@@ -36,10 +33,9 @@ class DoraLinear(LoraLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
-        weight = self.linear_weight()
-        base = F.linear(x, weight)  # (..., out), no bias yet
+        base = self.base_matmul(x)  # (..., out), no bias yet
         dropped = self.lora_dropout(x)
-        base_dropped = base if dropped is x else F.linear(dropped, weight)
+        base_dropped = base if dropped is x else self.base_matmul(dropped)
         scale = self.lora_magnitude_vector / self._row_norm().detach()  # (out,)
         update = self.lora_B(self.lora_A(dropped)) * self.scaling  # (..., out)
         out = base + (scale - 1) * base_dropped + scale * update

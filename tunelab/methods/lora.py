@@ -26,6 +26,7 @@ from tunelab.methods.base import (
     required,
 )
 from tunelab.methods.layer import AdaptedLinear
+from tunelab.methods.lora_conv import LoraConv2d, check_conv
 from tunelab.schema import StrictModel
 
 
@@ -87,16 +88,16 @@ class LoraLinear(AdaptedLinear):
         super().__init__(base)
         self.r, self.alpha, self.scaling_rule = r, alpha, scaling
         self.scaling = lora_scaling(alpha, r, scaling)
-        w = self.weight
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, **self.options())
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, **self.options())
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         init_default(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., in) -> (..., out)
         x2 = x.reshape(-1, self.in_features)  # (N, in)
-        out = F.linear(x2, self.linear_weight(), self.bias)  # (N, out)
+        out = F.linear(x2, self.linear_weight(), self.bias) if self.base_layer is None \
+            else self.base_layer(x2)  # (N, out); a quantized base (model.quantize) computes itself
         down = F.linear(self.lora_dropout(x2), self.lora_A.weight)  # (N, r)
         # out += s * down B^T: one GEMM accumulating in place (the linear's backward does not
         # need its output), no scale, add or copy passes over the (N, out) activations
@@ -107,6 +108,8 @@ class LoraLinear(AdaptedLinear):
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Exactly the replaced layer's forward (Conv1D's addmm for GPT-2 layers), so a
         disabled adapter gives the base model's outputs bit for bit."""
+        if self.base_layer is not None:  # a quantized base
+            return self.base_layer(x)
         if self.fan_in_fan_out:  # (..., in) -> (..., out), as transformers' Conv1D computes it
             out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
             return out.view(x.shape[:-1] + (self.out_features,))
@@ -176,6 +179,9 @@ def init_pissa(layer: LoraLinear) -> None:
     if layer.fan_in_fan_out:
         raise MethodError("method.init: pissa does not support Conv1D (GPT-2) layers yet; "
                           "use init: default or gaussian")
+    if layer.base_layer is not None:
+        raise MethodError("method.init: pissa rewrites the base weight, which model.quantize "
+                          "keeps quantized and frozen; use init: default or gaussian")
     w = layer.weight.float()
     u, s, vh = torch.linalg.svd(w, full_matrices=False)  # (out, k), (k,), (k, in)
     sr = s[: layer.r] / layer.scaling
@@ -208,14 +214,18 @@ class LoraMethod(AdapterMethod[LoraOptions]):
 
     @classmethod
     def apply(cls, model: nn.Module, cfg: LoraOptions, head: list[str]) -> ApplyReport:
-        def make_layer(name: str, base: nn.Module) -> LoraLinear:
+        def make_layer(name: str, base: nn.Module) -> LoraLinear | LoraConv2d:
             r = pattern_rank(cfg.rank_pattern, name, cfg.r)
-            layer = cls.layer_cls(base, r, cfg.alpha, cfg.dropout, cfg.scaling)
-            INITS[cfg.init](layer)
+            if isinstance(base, nn.Conv2d):  # the layer per module type: Conv2d, else Linear
+                layer: LoraLinear | LoraConv2d = conv_layer(cls, cfg, name, base, r)
+            else:
+                layer = cls.layer_cls(base, r, cfg.alpha, cfg.dropout, cfg.scaling)
+            INITS[cfg.init](layer)  # type: ignore[arg-type]
             layer.finish_init()
             return layer
 
-        out = tgt.inject(cls.name, model, cfg.targets, head, lambda _: make_layer)
+        out = tgt.inject(cls.name, model, cfg.targets, head, lambda _: make_layer,
+                         extra=(nn.Conv2d,))
         rule = "alpha/sqrt(r)" if cfg.scaling == "rslora" else "alpha/r"
         ranks = f" ({len(cfg.rank_pattern)} layers by rank_pattern)" if cfg.rank_pattern else ""
         out.notes.append(f"r={cfg.r}{ranks}, alpha={cfg.alpha:g}, scaling {rule}, init "
@@ -232,7 +242,7 @@ class LoraMethod(AdapterMethod[LoraOptions]):
 
     @classmethod
     def adapter_config(cls, model: nn.Module, cfg: LoraOptions, head: list[str]) -> dict[str, Any]:
-        layers = lora_layers(model)
+        layers = lora_and_conv_layers(model)
         pissa = any(hasattr(layer, "pissa_A0") for layer in layers.values())
         # PiSSA is written as a rank-2r delta against the original base (see adapter_tensors)
         r, alpha = (2 * cfg.r, cfg.alpha * (math.sqrt(2) if cfg.scaling == "rslora" else 2.0)) \
@@ -245,7 +255,7 @@ class LoraMethod(AdapterMethod[LoraOptions]):
         """PiSSA becomes a plain LoRA delta of rank 2r against the original base weight, as
         PEFT does on save: [A; A0] and [B, -B0]."""
         out: dict[str, torch.Tensor] = {}
-        for name, layer in lora_layers(model).items():
+        for name, layer in lora_and_conv_layers(model).items():
             a, b = layer.lora_A.weight, layer.lora_B.weight
             if hasattr(layer, "pissa_A0"):
                 a = torch.cat([a, layer.pissa_A0], dim=0)  # (2r, in)
@@ -282,3 +292,19 @@ def peft_lora_config(model: nn.Module, head: list[str], layers: dict[str, LoraLi
 def lora_layers(model: nn.Module) -> dict[str, LoraLinear]:
     return layers_of(model, LoraLinear)
 
+
+def lora_and_conv_layers(model: nn.Module) -> dict[str, Any]:
+    """Every LoRA layer, Linear and Conv2d, in module order (what an adapter file holds)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (LoraLinear, LoraConv2d))}
+
+
+def conv_layer(method: type[LoraMethod], cfg: LoraOptions, name: str, base: nn.Conv2d,
+               r: int) -> LoraConv2d:
+    """LoRA's layer for an nn.Conv2d target (lora_conv.py); DoRA and PiSSA are Linear-only."""
+    if method.use_dora or cfg.init == "pissa":
+        what = "dora" if method.use_dora else "init: pissa"
+        raise MethodError(f"method.targets: {name} is a Conv2d; {what} supports Linear layers "
+                          "only; use method.name: lora (init default or gaussian) or leave the "
+                          "Conv2d layers out of method.targets")
+    check_conv(name, base)
+    return LoraConv2d(base, r, lora_scaling(cfg.alpha, r, cfg.scaling), cfg.dropout)

@@ -29,7 +29,7 @@ from torch import nn
 from tunelab.errors import AdapterError, MethodError
 from tunelab.methods import targets as tgt
 from tunelab.methods.base import PEFT_PREFIX, AdapterLayer
-from tunelab.methods.layer import AdaptedLinear, linear_shape
+from tunelab.methods.layer import AdaptedLinear, linear_shape, tensor_options
 from tunelab.methods.lora import (
     LoraLinear,
     LoraMethod,
@@ -199,7 +199,12 @@ def _check_factors(layer: nn.Module, factors: tuple[torch.Tensor, torch.Tensor],
 def _slot(layer: nn.Module, factors: tuple[torch.Tensor, torch.Tensor], cfg: LoraOptions) -> LoraSlot:
     """A frozen LoraSlot holding A and B (checked by read_lora)."""
     a, b = factors
-    return frozen_slot(a, b, layer.weight, cfg.r, cfg.alpha, cfg.scaling, cfg.dropout)
+    return frozen_slot(a, b, _like(layer), cfg.r, cfg.alpha, cfg.scaling, cfg.dropout)
+
+
+def _like(layer: nn.Module) -> torch.Tensor:
+    """An empty tensor on the layer's weight device and dtype (a quantized base's float dtype)."""
+    return torch.empty(0, **tensor_options(layer))
 
 
 def set_adapter(model: nn.Module, name: str | None) -> None:
@@ -264,7 +269,7 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
     rank = spec.check({a: int(aset.configs[a]["r"]) for a in adapters})
     head = _combined_head(aset, adapters, head_from)
     layers = lora_layers(model)
-    like = next(iter(layers.values())).weight
+    like = _like(next(iter(layers.values())))
     generator = torch.Generator(device=like.device).manual_seed(spec.seed)
     with torch.no_grad():
         for layer in layers.values():
@@ -274,7 +279,7 @@ def add_weighted_adapter(model: nn.Module, adapters: list[str], weights: list[fl
                 continue
             a, b = combine_factors([f for f, _ in present], [w for _, w in present], spec, rank,
                                    generator)
-            slot = frozen_slot(a, b, layer.weight, rank, float(rank), "standard", 0.0)
+            slot = frozen_slot(a, b, _like(layer), rank, float(rank), "standard", 0.0)
             stash(layer, name, slot.train(model.training))
     first = aset.configs[adapters[0]]
     aset.names.append(name)

@@ -34,6 +34,7 @@ from tunelab.methods.base import (
 from tunelab.methods.lora import LoraLinear
 from tunelab.methods.registry import METHODS
 from tunelab.methods.virtual import VirtualTokens
+from tunelab.models.quantize import dequantize_model
 from tunelab.schema import StrictModel
 
 CONFIG_FILE = "adapter_config.json"
@@ -41,7 +42,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = PEFT_PREFIX
 TASK_TYPES = {"classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM",
               "token_classification": "TOKEN_CLS",
-              "masked_lm": None}  # peft has no masked-LM task type: a plain PeftModel
+              "masked_lm": None,  # peft has no masked-LM task type: a plain PeftModel
+              "image_classification": None}  # nor an image one
 # PEFT config keys we cannot honour yet, with the value that means "not used".
 _UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None,
                 "exclude_modules": None, "lora_bias": False,
@@ -248,6 +250,7 @@ def merge(model: nn.Module) -> int:
                            "into the base weights; load the run with its adapter instead")
     for name, layer in layers.items():
         tgt.replace_module(model, name, layer.merged())
+    dequantize_model(model)  # model.quantize's untargeted layers: plain nn.Linear again
     return len(layers)
 
 

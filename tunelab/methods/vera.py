@@ -22,7 +22,7 @@ from torch import nn
 from tunelab.errors import AdapterError
 from tunelab.methods import targets as tgt
 from tunelab.methods.base import AdapterMethod, ApplyReport, layers_of, refuse_unsupported, required
-from tunelab.methods.layer import AdaptedLinear, linear_shape
+from tunelab.methods.layer import AdaptedLinear, linear_shape, tensor_options
 from tunelab.schema import StrictModel
 
 # the shared projections' keys in a PEFT VeRA adapter file (outside base_model.model)
@@ -72,8 +72,8 @@ def shared_projections(model: nn.Module, chosen: list[str], cfg: VeraConfig) -> 
     generator = torch.Generator(device="cpu").manual_seed(cfg.projection_seed)
     a = kaiming_uniform((cfg.r, max_in), generator)  # A first, as peft draws them
     b = kaiming_uniform((max_out, cfg.r), generator)
-    weight = model.get_submodule(chosen[0]).weight
-    return VeraProjections(a.to(weight), b.to(weight))
+    options = tensor_options(model.get_submodule(chosen[0]))  # a quantized base: its float dtype
+    return VeraProjections(a.to(**options), b.to(**options))
 
 
 class VeraLinear(AdaptedLinear):

@@ -22,7 +22,8 @@ DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifi
 AUTO_CLASSES = {"classification": "AutoModelForSequenceClassification",
                 "token_classification": "AutoModelForTokenClassification",
                 "causal_lm": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM",
-                "masked_lm": "AutoModelForMaskedLM"}
+                "masked_lm": "AutoModelForMaskedLM",
+                "image_classification": "AutoModelForImageClassification"}
 
 
 def load_tokenizer(path: Path) -> Any:

@@ -16,6 +16,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import CheckpointError, ConfigError
 from tunelab.io import DiskFullError, atomic_dir, write_text
 from tunelab.methods.peft_format import init_from_adapter, save_adapter
+from tunelab.models.quantize import quantize_model
 from tunelab.recipes.base import Setup
 from tunelab.recipes.distill import with_teacher
 from tunelab.recipes.multitask import save_task_runs
@@ -180,6 +181,9 @@ def build_run(cfg: RunConfig, log: Callable[[str], None], splits: Any,
     s = setup(cfg, log, splits)
     if getattr(cfg, "distill", None) is not None:
         with_teacher(cfg, s, device, log)
+    if cfg.model.quantize is not None:  # the frozen base in 4 or 8 bits, before the method
+        for line in quantize_model(s.model, cfg.model.quantize, cfg.model.compute_dtype).lines():
+            log(line)
     report = methods.apply(s.model, cfg.method)
     for line in report.lines():
         log(line)
@@ -200,6 +204,9 @@ def write_run_files(cfg: RunConfig, s: Setup, run_dir: Path, world: int,
                                       "max_length": cfg.model.max_length, "world_size": world,
                                       **({"keep_layers": cfg.model.keep_layers}
                                          if cfg.model.keep_layers is not None else {}),
+                                      **({"quantize": {"scheme": cfg.model.quantize,
+                                                       "compute_dtype": cfg.model.compute_dtype}}
+                                         if cfg.model.quantize is not None else {}),
                                       **run_chain(cfg.model.name), **s.info})
 
 

@@ -13,6 +13,7 @@ from tunelab.errors import DataError
 from tunelab.recipes.base import Setup
 from tunelab.recipes.causal_lm import causal_lm
 from tunelab.recipes.classification import classification
+from tunelab.recipes.image_classification import image_classification
 from tunelab.recipes.mlm import masked_lm
 from tunelab.recipes.multitask import multitask
 from tunelab.recipes.token_classification import token_classification
@@ -21,7 +22,7 @@ from tunelab.recipes.translation import translation
 SETUPS: dict[str, Callable[[Any, Callable[[str], None]], Setup]] = {
     "classification": classification, "causal_lm": causal_lm,
     "token_classification": token_classification, "translation": translation,
-    "masked_lm": masked_lm, "multitask": multitask}
+    "masked_lm": masked_lm, "multitask": multitask, "image_classification": image_classification}
 
 
 # tasks whose setup takes ready-made splits (cross-validation folds)

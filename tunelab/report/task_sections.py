@@ -189,4 +189,5 @@ def masked_lm(run: RunFiles, use_data: bool, n: int) -> list[Section]:
 
 
 TASKS = {"classification": classification, "token_classification": ner, "causal_lm": causal_lm,
-         "translation": translation, "masked_lm": masked_lm}
+         "translation": translation, "masked_lm": masked_lm,
+         "image_classification": lambda run, use_data, samples: []}  # scores and curves only

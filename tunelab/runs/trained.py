@@ -32,13 +32,16 @@ from tunelab.models import (
 )
 from tunelab.models.heads import head_modules
 from tunelab.models.mlm import load_masked_lm
+from tunelab.models.quantize import quantize_model
 from tunelab.models.resolve import resolve as resolve_model
 from tunelab.models.student import student_base
+from tunelab.models.vision import load_image_classifier, load_image_processor
 from tunelab.runs.layout import ADAPTER_DIR, MODEL_DIR, read_run_info
 
 AS_BASE = "as_base"
 STAMP = "tunelab_source.json"
-LABELLED = ("classification", "token_classification")  # their heads fit one label set
+LABELLED = ("classification", "token_classification",  # their heads fit one label set
+            "image_classification")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -155,9 +158,12 @@ def load_run_base(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     (a full fine-tuning run's own weights)."""
     info = read_run_info(run_dir)
     base = base_of(info)
-    tokenizer = load_tokenizer(base)
     full = run_dir / MODEL_DIR if info["artifact"] == MODEL_DIR else None
-    if info.get("route", info["task"]) == "causal_lm":  # translation runs have a route
+    image = info["task"] == "image_classification"  # its "tokenizer": the image processor
+    tokenizer = load_image_processor(base) if image else load_tokenizer(base)
+    if image:
+        model = load_image_classifier(base, info["labels"], weights_from=full)
+    elif info.get("route", info["task"]) == "causal_lm":  # translation runs have a route
         model = load_causal_lm(base, weights_from=full)
     elif info["task"] == "masked_lm":
         model = load_masked_lm(base, weights_from=full)[0]
@@ -166,5 +172,7 @@ def load_run_base(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     else:
         load = load_token_classifier if info["task"] == "token_classification" else load_classifier
         model = load(base, info["labels"], weights_from=full, pad_token_id=tokenizer.pad_token_id)
+    if info.get("quantize"):  # the adapter trained on this quantized base: load it on the same
+        quantize_model(model, info["quantize"]["scheme"], info["quantize"]["compute_dtype"])
     model.eval()
     return model, tokenizer, info
