@@ -54,7 +54,7 @@ def continual(cfg: ContinualRun, overwrite: bool = False,
                                                    allow_unicode=True))
     stages.model.to(device)
     autocast, precision = autocast_for(cfg.train.precision, device)
-    names, rows, times = stages.names, [], []
+    names, rows, times, cpu = stages.names, [], [], []
     log(f"strategy {cfg.strategy.name}: {len(names)} stages ({', '.join(names)}) on "
         f"{device.type}, {precision}")
     baseline_scores = [stages.score(j, device, autocast) for j in range(len(names))]
@@ -64,14 +64,16 @@ def continual(cfg: ContinualRun, overwrite: bool = False,
         for i in range(len(names)):
             if i < cfg.trained_stages:  # trained before: remembered, not trained again
                 strategy.after_stage(i, stages, device, log)
-                seconds = 0.0
+                seconds = cpu_seconds = 0.0
             else:
-                seconds = _train_stage(i, stages, strategy, device, log)
+                seconds, cpu_seconds = _train_stage(i, stages, strategy, device, log)
             scores = [stages.score(j, device, autocast) for j in range(len(names))]
             rows.append([_metric(stages, j, s) for j, s in enumerate(scores)])
             times.append(seconds)
+            cpu.append(cpu_seconds)
             _record(metrics, {"after": i, "stage": names[i], "row": rows[-1],
                               "scores": dict(zip(names, scores)), "train_seconds": seconds,
+                              "train_cpu_seconds": cpu_seconds,
                               **matrix.partial(rows)})
             log(f"after stage {names[i]}: " + ", ".join(
                 f"{n} {v:.4f}" for n, v in zip(names[:i + 1], rows[-1])))
@@ -80,7 +82,8 @@ def continual(cfg: ContinualRun, overwrite: bool = False,
     summary = {"strategy": cfg.strategy.name, "stages": names,
                "metrics": [stages.task(j).default_metric for j in range(len(names))],
                **matrix.summary(rows, baseline), "stage_seconds": times,
-               "train_seconds": sum(times), "wall_seconds": time.perf_counter() - t0,
+               "train_seconds": sum(times), "train_cpu_seconds": sum(cpu),
+               "wall_seconds": time.perf_counter() - t0,
                "trainable": stages.report.trainable, "total": stages.report.total}
     summary["plot"] = str(heat_map(rows, baseline, names, out / "accuracy_matrix.png"))
     summary["report"] = str(write_report(summary, out / "report.md"))
@@ -92,11 +95,12 @@ def continual(cfg: ContinualRun, overwrite: bool = False,
 
 
 def _train_stage(i: int, stages: Stages, strategy: Any, device: Any,
-                 log: Callable[[str], None]) -> float:
-    """Stage i through the one training loop; seconds of training (the strategy's own work
-    after the stage, EWC's Fisher, included)."""
+                 log: Callable[[str], None]) -> tuple[float, float]:
+    """Stage i through the one training loop; (wall, CPU) seconds of training (the strategy's
+    own work after the stage, EWC's Fisher, included). CPU seconds are the process's, all
+    threads: on a machine shared with other jobs they move far less than wall time."""
     cfg = stages.cfg
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plan = strategy.plan(i, stages, log)
     run_dir = stages.stage_dir(i)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -107,7 +111,7 @@ def _train_stage(i: int, stages: Stages, strategy: Any, device: Any,
     log(f"stage {i} {stages.names[i]}: {trainer.total_steps} steps")
     trainer.fit()
     strategy.after_stage(i, stages, device, log)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _check_output(out: Path, overwrite: bool) -> None:

@@ -1,0 +1,158 @@
+"""DP-SGD against non-private training: MiniLM + LoRA on SST-2 at several privacy budgets,
+the same examples seen and the same settings, with time and peak memory per step.
+
+    python bench/privacy.py [--epsilons 1 3 8] [--steps 80] [--batch-size 64] [--accum 8]
+                            [--seeds 0] [--lr 5e-3] [--threads 1] [--jobs 1]
+                            [--no-write]
+
+Every arm trains LoRA r8 on every Linear of MiniLM (dropout 0: DP-SGD refuses LoRA dropout)
+for --steps optimizer steps of batch-size x accum examples (expected size: DP-SGD draws
+Poisson batches, each example joining with q = batch x accum / N, on the whole SST-2 training
+set), AdamW at --lr, linear schedule, max length 64, scored on all 872 dev examples at the
+end. The private arms clip each example's gradient to norm 1 and add the Gaussian noise Opacus
+calibrates to spend epsilon by the last step (RDP accountant, delta 1/(2N) rounded down to a
+power of ten). Each arm runs in its own process, so peak RSS and CPU seconds are that arm's;
+seconds per step are the training loop's wall time over its steps (the final dev pass
+excluded); the step-cost goal (DP at most 2x) is read on CPU time. Writes its
+section into BENCHMARKS.md unless --no-write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, update_benchmarks
+
+TITLE = "## Differential privacy: DP-SGD vs non-private, MiniLM + LoRA on SST-2 (CPU)"
+
+
+def tree(args: argparse.Namespace, epsilon: float | None, seed: int, out: Path) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "task": "classification", "model": {"name": "minilm", "max_length": 64},
+        "data": {"train": "sst2", "packing": False},  # DP-SGD cannot pack: same batches in all
+        "method": {"name": "lora", "r": 8, "alpha": 16, "targets": "all-linear", "dropout": 0.0},
+        "train": {"batch_size": args.batch_size, "grad_accum": args.accum, "lr": args.lr,
+                  "max_steps": args.steps, "schedule": "linear", "warmup_ratio": 0.06,
+                  "seed": seed, "log_every": 10, "checkpoint_every": 1_000_000,
+                  "load_best_at_end": False},
+        "output_dir": str(out)}
+    if epsilon is not None:
+        cfg["privacy"] = {"target_epsilon": epsilon, "max_grad_norm": 1.0}
+    return cfg
+
+
+def run_arm(spec: str) -> None:
+    """Child process: train one arm, print its numbers as one JSON line."""
+    import torch
+
+    from tunelab.config import validate
+    from tunelab.recipes.run import train
+
+    args, epsilon, seed, out = json.loads(spec)
+    ns = argparse.Namespace(**args)
+    torch.set_num_threads(ns.threads)
+    c0 = time.process_time()
+    summary = train(validate(tree(ns, epsilon, seed, Path(out))), log=lambda _: None)
+    private = summary.get("privacy") or {}
+    print(json.dumps({"accuracy": summary["final_dev"]["accuracy"], "steps": summary["steps"],
+                      "loop_s": summary["train_seconds"], "cpu_s": time.process_time() - c0,
+                      "epsilon": private.get("epsilon"),
+                      "sigma": private.get("noise_multiplier"), "delta": private.get("delta"),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def arm(args: argparse.Namespace, epsilon: float | None, seed: int, tmp: Path) -> dict[str, Any]:
+    out = tmp / f"eps-{epsilon}-seed-{seed}"
+    spec = json.dumps([vars(args), epsilon, seed, str(out)])
+    done = subprocess.run([sys.executable, __file__, "--arm", spec], check=True,
+                          capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"epsilon {epsilon} seed {seed}: {result}", flush=True)
+    return result
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    return f"{mean:.4f}" + (f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--accum", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--jobs", type=int, default=1, help="arms run at once (CPU time is per arm)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per arm")
+    p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
+    p.add_argument("--arm", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.arm:
+        return run_arm(args.arm)
+    arms: list[float | None] = [None, *args.epsilons]
+    t0 = time.perf_counter()
+    results: dict[float | None, list[dict[str, Any]]] = {a: [] for a in arms}
+    with tempfile.TemporaryDirectory(prefix="bench-dp-") as tmp, \
+            ThreadPoolExecutor(args.jobs) as pool:
+        runs = [(eps, pool.submit(arm, args, eps, seed, Path(tmp)))
+                for seed in args.seeds for eps in arms]
+        for eps, job in runs:
+            results[eps].append(job.result())
+    minutes = (time.perf_counter() - t0) / 60
+    base_acc = statistics.mean(r["accuracy"] for r in results[None])
+    base_step = statistics.mean(r["loop_s"] / r["steps"] for r in results[None])
+    base_cpu = statistics.mean(r["cpu_s"] for r in results[None])
+    rows = ["| privacy | noise multiplier | epsilon spent (delta) | dev accuracy | gap to "
+            "non-private (points) | s / step (wall) | x non-private (wall) | x non-private "
+            "(CPU) | peak RSS (MB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for eps in arms:
+        rs = results[eps]
+        acc = [r["accuracy"] for r in rs]
+        step = statistics.mean(r["loop_s"] / r["steps"] for r in rs)
+        cpu = statistics.mean(r["cpu_s"] for r in rs)
+        name = "non-private" if eps is None else f"target epsilon {eps:g}"
+        sigma = "-" if eps is None else f"{rs[0]['sigma']:.3f}"
+        spent = "-" if eps is None else f"{rs[0]['epsilon']:.3f} ({rs[0]['delta']:g})"
+        rows.append(f"| {name} | {sigma} | {spent} | {spread(acc)} | "
+                    f"{100 * (statistics.mean(acc) - base_acc):+.2f} | {step:.2f} | "
+                    f"{step / base_step:.2f} | {cpu / base_cpu:.2f} | {max(r['peak_rss_mb'] for r in rs):.0f} |")
+    table = "\n".join(rows)
+    print(table)
+    if args.no_write:
+        return
+    cmd = " ".join(["python bench/privacy.py", *sys.argv[1:]])
+    examples = args.steps * args.batch_size * args.accum
+    update_benchmarks(
+        f"{TITLE}\n\n`{cmd}` ({datetime.date.today()}, {minutes:.1f} min; {machine()}).\n\n"
+        f"All 67,349 SST-2 training examples, {args.steps} steps of {args.batch_size} x "
+        f"{args.accum} = {args.batch_size * args.accum} examples (expected size for DP-SGD's "
+        f"Poisson batches), {examples:,} examples seen in every arm; LoRA r8 alpha 16 on every "
+        f"Linear, dropout 0, AdamW lr {args.lr:g}, linear schedule with 6% warmup, max length "
+        f"64, unpacked padded batches in every arm (DP-SGD cannot pack, so the "
+        "non-private arm does not either: a packed run skips the padding as well); seeds {', '.join(map(str, args.seeds))} (mean +- stdev where more than one); "
+        "dev accuracy on all 872 SST-2 dev examples. Private arms: per-example clipping to "
+        "norm 1, Gaussian noise calibrated by Opacus (RDP accountant) to spend the target by "
+        "the last step; the guarantee is example-level on the training set. Seconds per step: "
+        "the training loop's wall time over its steps; CPU: the arm process's CPU seconds for "
+        "the whole run (model load and the final dev pass, the same in every arm, included), "
+        f"torch on {args.threads} thread(s): wall time moves with other jobs on the machine, "
+        "CPU time barely; peak RSS of the arm's own process.\n\n"
+        + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
