@@ -143,7 +143,7 @@ def main() -> None:
         f"Poisson batches), {examples:,} examples seen in every arm; LoRA r8 alpha 16 on every "
         f"Linear, dropout 0, AdamW lr {args.lr:g}, linear schedule with 6% warmup, max length "
         f"64, unpacked padded batches in every arm (DP-SGD cannot pack, so the "
-        "non-private arm does not either: a packed run skips the padding as well); seeds {', '.join(map(str, args.seeds))} (mean +- stdev where more than one); "
+        f"non-private arm does not either: a packed run skips the padding as well); seeds {', '.join(map(str, args.seeds))} (mean +- stdev where more than one); "
         "dev accuracy on all 872 SST-2 dev examples. Private arms: per-example clipping to "
         "norm 1, Gaussian noise calibrated by Opacus (RDP accountant) to spend the target by "
         "the last step; the guarantee is example-level on the training set. Seconds per step: "
