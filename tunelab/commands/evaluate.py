@@ -21,7 +21,7 @@ from tunelab.runs.named_adapters import load_run
 from tunelab.runs.onnx_model import is_onnx_export, load_onnx_run
 from tunelab.tasks.causal_lm import CausalLMTask
 from tunelab.tasks.classification import ClassificationTask
-from tunelab.tasks.metrics import classification_metrics, confusion, format_confusion
+from tunelab.tasks.metrics import print_classification_scores
 
 
 def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | None = None,
@@ -70,13 +70,8 @@ def _evaluate_run(run_dir: Path, data: str | None, split: str, adapters: list[st
     encoded = task.encode(tokenizer, examples)
     pred = task.predict(model, encoded, 64, torch.device("cpu"))
 
-    scores = classification_metrics(pred.labels, encoded.labels, len(task.labels))
-    print(f"{name}: {len(examples)} examples")
-    print(f"accuracy: {scores['accuracy']:.4f}")
-    print(f"macro-F1: {scores['macro_f1']:.4f}")
-    print("confusion matrix (rows: gold):")
-    print(format_confusion(confusion(pred.labels, encoded.labels, len(task.labels)), task.labels))
-    return scores
+    return print_classification_scores(name, f"{len(examples)} examples", pred.labels,
+                                       encoded.labels, task.labels)
 
 
 def _evaluate_lm(model, tokenizer, cfg, data: str | None) -> dict:

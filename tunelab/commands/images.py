@@ -12,7 +12,7 @@ from tunelab.data.images import ImageExample, check_image, image_splits, read_fo
 from tunelab.errors import DataError
 from tunelab.runs.named_adapters import load_run
 from tunelab.tasks.image_classification import ImageClassificationTask
-from tunelab.tasks.metrics import classification_metrics, confusion, format_confusion
+from tunelab.tasks.metrics import print_classification_scores
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -75,12 +75,8 @@ def evaluate(run_dir: Path, data: str | None, split: str, adapters: list[str] | 
                         f"({', '.join(task.labels)})")
     encoded = task.encode(examples)
     pred = task.predict(model, encoded, 64, torch.device("cpu"))
-    scores = classification_metrics(pred.labels, encoded.labels, len(task.labels))
-    print(f"{name}: {len(examples)} images")
-    print(f"accuracy: {scores['accuracy']:.4f}")
-    print(f"macro-F1: {scores['macro_f1']:.4f}")
-    print("confusion matrix (rows: gold):")
-    print(format_confusion(confusion(pred.labels, encoded.labels, len(task.labels)), task.labels))
+    scores = print_classification_scores(name, f"{len(examples)} images", pred.labels,
+                                         encoded.labels, task.labels)
     return {"loss": pred.loss, **scores}
 
 

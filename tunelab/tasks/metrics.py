@@ -55,3 +55,16 @@ def ner_metrics(gold: list[list[str]], pred: list[list[str]]) -> dict:
 HIGHER_IS_BETTER = {"accuracy": True, "macro_f1": True, "f1": True, "token_accuracy": True,
                     "mean": True,  # multitask: the mean of the tasks' metrics
                     "loss": False}
+
+
+def print_classification_scores(name: str, count: str, pred: list[int], gold: list[int],
+                                labels: list[str]) -> dict[str, float]:
+    """`tunelab eval`'s lines for a classifier (text or images): accuracy, macro-F1 and the
+    confusion matrix, printed under `name: count`; returns the scores."""
+    scores = classification_metrics(pred, gold, len(labels))
+    print(f"{name}: {count}")
+    print(f"accuracy: {scores['accuracy']:.4f}")
+    print(f"macro-F1: {scores['macro_f1']:.4f}")
+    print("confusion matrix (rows: gold):")
+    print(format_confusion(confusion(pred, gold, len(labels)), labels))
+    return scores
