@@ -180,7 +180,7 @@ def test_catalog_name_resolves_in_data_dir(tmp_path, monkeypatch):
     (["task=token_clasification"], "config: task: unknown task 'token_clasification' (did you mean "
                                    "'token_classification'?); choose from: classification, "
                                    "causal_lm, token_classification, translation, masked_lm, "
-                                   "multitask"),
+                                   "multitask, image_classification"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(ConfigError) as exc:
