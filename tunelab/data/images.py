@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunelab.config.vision import ImageDataConfig
-from tunelab.data.splits import sort_labels
+from tunelab.data.splits import Splits, sort_labels
 from tunelab.errors import DataError
 
 DEV_NAMES = ("validation", "dev", "val")
@@ -32,13 +32,7 @@ class ImageExample:
     label: str
 
 
-@dataclass
-class ImageSplits:
-    train: list[ImageExample]
-    dev: list[ImageExample]
-    test: list[ImageExample] | None
-    labels: list[str]
-    notes: list[str] = field(default_factory=list)
+ImageSplits = Splits[ImageExample]  # train / dev / test image lists, labels, notes
 
 
 @dataclass

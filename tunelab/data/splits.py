@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Generic, TypeVar
 
 from tunelab.config import DataConfig
 from tunelab.data.catalog import CATALOG, catalog_path, lookup
@@ -13,13 +13,14 @@ from tunelab.data.readers import Columns, Example, read_examples
 from tunelab.errors import DataError
 
 T = TypeVar("T")
+E = TypeVar("E")  # the example type: text Example, or data.images.ImageExample
 
 
 @dataclass
-class Splits:
-    train: list[Example]
-    dev: list[Example]
-    test: list[Example] | None
+class Splits(Generic[E]):
+    train: list[E]
+    dev: list[E]
+    test: list[E] | None
     labels: list[str]
     notes: list[str] = field(default_factory=list)
 
