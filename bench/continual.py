@@ -4,7 +4,7 @@ replay, EWC, LwF and adapter-per-stage, over several seeds.
 
     python bench/continual.py [--train 2000] [--dev 500] [--epochs 1] [--seeds 0 1 2]
                               [--strategies naive replay ewc lwf adapter-per-stage] [--threads 1]
-                              [--no-write]
+                              [--jobs 1] [--no-write]
 
 Per strategy: the accuracy matrix averaged over seeds (accuracy for the two classification
 stages, entity F1 for CoNLL), average accuracy, BWT, FWT (against each stage's score before
@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 import statistics
 import sys
 import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +55,35 @@ def config(args: argparse.Namespace, strategy: dict, seed: int, out: Path) -> di
             "strategy": strategy, "output_dir": str(out)}
 
 
-def run_all(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+def one_run(args: argparse.Namespace, name: str, seed: int, out: Path) -> dict[str, Any]:
+    """One strategy and seed, in this process (a pool worker when --jobs > 1): its CPU
+    seconds are this process's alone."""
+    import torch
+
     from tunelab.continual.config import validate_continual
     from tunelab.continual.run import continual
 
-    results: dict[str, list[dict[str, Any]]] = {}
+    torch.set_num_threads(args.threads)
+    s = continual(validate_continual(config(args, STRATEGIES[name], seed, out)),
+                  log=lambda line: None)
+    print(f"{name} seed {seed}: ACC {s['average_accuracy']:.4f} BWT {s['bwt']:+.4f} "
+          f"train {s['train_seconds']:.1f}s wall, {s['train_cpu_seconds']:.1f}s CPU", flush=True)
+    return s
+
+
+def run_all(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    runs = [(name, seed) for name in args.strategies for seed in args.seeds]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.strategies:
-            for seed in args.seeds:
-                cfg = validate_continual(config(args, STRATEGIES[name], seed,
-                                                Path(tmp) / f"{name}-{seed}"))
-                s = continual(cfg, log=lambda line: None)
-                print(f"{name} seed {seed}: ACC {s['average_accuracy']:.4f} BWT {s['bwt']:+.4f} "
-                      f"train {s['train_seconds']:.1f}s wall, {s['train_cpu_seconds']:.1f}s CPU",
-                      flush=True)
-                results.setdefault(name, []).append(s)
+        outs = [Path(tmp) / f"{name}-{seed}" for name, seed in runs]
+        if args.jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+                summaries = list(pool.map(one_run, [args] * len(runs), *zip(*runs), outs))
+        else:
+            summaries = [one_run(args, name, seed, out) for (name, seed), out in zip(runs, outs)]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for (name, _), s in zip(runs, summaries):
+        results.setdefault(name, []).append(s)
     return results
 
 
@@ -80,7 +97,9 @@ def _sd(xs: list[float]) -> str:
 
 def section(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
     names = results[next(iter(results))][0]["stages"]
-    lines = [TITLE, "", f"{datetime.date.today()}, {machine()}; {args.train} training / "
+    cmd = " ".join(["python bench/continual.py", *sys.argv[1:]])
+    lines = [TITLE, "", f"`{cmd}` ({datetime.date.today()}, {args.minutes:.1f} min wall; "
+             f"{machine()}); {args.train} training / "
              f"{args.dev} dev examples per stage (seeded subsets), {args.epochs:g} epoch(s) per "
              f"stage" + (f" capped at {args.steps} steps" if args.steps else "") + f", lr "
              f"{args.lr:g}, batch 32, LoRA r 8 on query/value, seeds {args.seeds}, torch on "
@@ -136,15 +155,20 @@ def main() -> None:
     p.add_argument("--dev", type=int, default=500, help="dev examples per stage")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--steps", type=int, help="cap on optimizer steps per stage")
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU time: see above)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process (CPU seconds stay per run)")
     p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     args = p.parse_args()
     import torch
     torch.set_num_threads(args.threads)
-    text = section(run_all(args), args)
+    t0 = time.perf_counter()
+    results = run_all(args)
+    args.minutes = (time.perf_counter() - t0) / 60
+    text = section(results, args)
     print(text)
     if not args.no_write:
         update_benchmarks(text)
