@@ -43,6 +43,10 @@ def test_learning_happens_on_the_toy_task(tiny_model_dir, tiny_data, tmp_path, p
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     assert summary["final_dev"]["accuracy"] >= 0.9
     assert summary["precision"] == precision
+    # the steps' CPU time is recorded beside their wall time: positive, and within what the
+    # process's threads could spend in that wall time
+    threads = torch.get_num_threads()
+    assert 0 < summary["train_cpu_seconds"] <= 1.2 * threads * summary["train_seconds"] + 0.5
     for name in ("config.yaml", "run.json", "summary.json", "plot.png", "model/config.json"):
         assert (tmp_path / "run" / name).is_file(), name
 

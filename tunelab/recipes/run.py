@@ -225,7 +225,7 @@ def _outcome(result: Any, trainer: Trainer, final: dict[str, Any] | None) -> dic
     return {"best": result.best, "steps": result.steps, "total_steps": result.total_steps,
             "stopped_early": result.stopped_early,
             "initial_dev": _scores(trainer.initial_eval), "final_dev": _scores(final),
-            "train_seconds": result.seconds,
+            "train_seconds": result.seconds, "train_cpu_seconds": result.cpu_seconds,
             "tokens_per_s": result.tokens / max(result.seconds, 1e-9)}
 
 

@@ -49,6 +49,7 @@ class FitResult:
     seconds: float
     tokens: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the steps' CPU time in this process (all threads)
 
 
 class Trainer:
@@ -122,16 +123,17 @@ class Trainer:
             last_eval = {"step": step, "split": "dev", **self.evaluate()}
         return FitResult(step, self.total_steps, self.best.best(self.state), last_eval,
                          self.state.stopped_early, self.state.seconds, self.state.tokens,
-                         self.metrics.history)
+                         self.metrics.history, self.state.cpu_seconds)
 
     def _due(self, every: int | None, step: int) -> bool:
         """Every `every` steps (None: never), and always at the last step."""
         return bool(every and step % every == 0) or step == self.total_steps
 
     def _timed_step(self, step: int, trainable: list[nn.Parameter], window: Window) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss, n, tokens = self._step(step, trainable)
         window.add(loss, n, tokens, time.perf_counter() - t0)
+        self.state.cpu_seconds += time.process_time() - c0
 
     def _step(self, step: int, trainable: list[nn.Parameter]) -> tuple[float, int, int]:
         """One optimizer step over grad_accum micro-batches; the loss is the mean per example

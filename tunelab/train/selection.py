@@ -20,6 +20,7 @@ class LoopState:
     bad_evals: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time in the steps (all its threads)
     stopped_early: bool = False
 
 
