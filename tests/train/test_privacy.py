@@ -182,6 +182,20 @@ def test_poisson_batches_are_a_function_of_seed_and_step(tiny_model_dir, tiny_da
     assert any(other.micro_batches(s) != engine.micro_batches(s) for s in range(5))
 
 
+def test_poisson_sample_is_split_by_length(tiny_model_dir, tiny_data, tmp_path):
+    """Given the lengths, the same sample is split into micro-batches of similar lengths."""
+    cfg = validate(private_tree(tiny_model_dir, tiny_data, tmp_path / "r",
+                                {"noise_multiplier": 1.0}, batch_size=6, grad_accum=3))
+    engine = PrivateTraining(cfg.privacy, cfg.train, N_TRAIN)
+    lengths = [(7 * i) % 23 + 1 for i in range(N_TRAIN)]
+    for step in range(50):
+        plain, split = engine.micro_batches(step), engine.micro_batches(step, lengths)
+        assert sorted(sum(split, [])) == sorted(sum(plain, []))  # the same Poisson sample
+        assert [len(p) for p in split] == [len(p) for p in plain]
+        flat = [lengths[i] for i in sum(split, [])]
+        assert flat == sorted(flat)  # shortest first: each micro-batch pads little
+
+
 # --------------------------------------------------------------------- whole runs
 
 def test_noise_multiplier_and_epsilon_are_opacus(tiny_model_dir, tiny_data, tmp_path):

@@ -228,7 +228,8 @@ class Trainer:
     def micro_batches(self, step: int) -> list[list[int]]:
         """The index lists optimizer step `step` consumes: a pure function of the step."""
         if self.privacy is not None:  # Poisson sampling, the sampling DP-SGD's guarantee assumes
-            return self.privacy.micro_batches(step)
+            epoch = step * self.cfg.grad_accum // self.batches_per_epoch
+            return self.privacy.micro_batches(step, self.epoch_data(epoch)[1])
         return self.batches.micro_batches(step)
 
     # ------------------------------------------------------------------ checkpoints

@@ -144,11 +144,16 @@ class PrivateTraining:
         self._handles = []
 
     # ------------------------------------------------------------------ one step
-    def micro_batches(self, step: int) -> list[list[int]]:
+    def micro_batches(self, step: int, lengths: list[int] | None = None) -> list[list[int]]:
         """Step `step`'s Poisson sample, split into grad_accum micro-batches (some may be
-        empty): a pure function of (train.seed, step)."""
+        empty): a pure function of (train.seed, step). With the examples' lengths the sample
+        is sorted by length before the split, so each micro-batch pads little (random rows
+        padded to the longest cost SST-2 about 3x); the step's sum of clipped gradients is
+        the same however the sample is split."""
         rng = np.random.default_rng([self.seed, step, 0x5EED])
         chosen = np.flatnonzero(rng.random(self.n) < self.sample_rate)
+        if lengths is not None:
+            chosen = chosen[np.argsort(np.asarray(lengths)[chosen], kind="stable")]
         return [part.tolist() for part in np.array_split(chosen, self.accum)]
 
     def after_backward(self) -> None:
