@@ -20,7 +20,8 @@ from tunelab.commands.export import export_run
 from tunelab.commands.predict import predict
 from tunelab.config import validate
 from tunelab.errors import CheckpointError, ExportError, ModelError
-from tunelab.export.onnx import FP32_TOLERANCE, INT8_FILE, MODEL_FILE, quantize_int8
+from tunelab.export.onnx import (FP32_TOLERANCE, FUSED_INT8, INT8_FILE, MODEL_FILE,
+                                 quantize_int8)
 from tunelab.recipes.run import train
 from tunelab.runs.onnx_model import ONNX_INFO, OnnxModel, load_onnx_run
 from tunelab.runs.trained import load_trained
@@ -126,11 +127,15 @@ def test_int8_classifier_keeps_the_labels(cls_run, tmp_path, capsys):
     assert "embeddings, pooler and task head kept fp32" in printed
     record = json.loads((out / ONNX_INFO).read_text())["onnx"]
     assert record["model"] == INT8_FILE and record["check_int8"]["argmax_agreement"] >= 0.95
+    assert record["int8_from"] == FUSED_INT8  # a BERT: quantized from the fused graph
     import onnx
 
     graph = onnx.load(str(out / INT8_FILE)).graph
     ops = [n.op_type for n in graph.node]
-    assert ops.count("MatMulInteger") == 12  # 2 layers x 6; pooler and head are fp32 Gemms
+    # 2 layers: one int8 QAttention (q, k, v in one weight) and 3 int8 MatMuls (attention
+    # output, FFN in and out) each; pooler and head are fp32 Gemms
+    assert ops.count("QAttention") == 2 and ops.count("MatMulInteger") == 6
+    assert ops.count("SkipLayerNormalization") == 4 and "EmbedLayerNormalization" in ops
     floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     assert any("classifier" in n for n in floats)  # the head stays fp32
     texts = dev_texts(cls_run)
