@@ -3,13 +3,16 @@ round for an IID and a non-IID (Dirichlet alpha) split, and the bytes each round
 (adapter + head only) next to what full-model federated averaging would move.
 
     python bench/federated.py [--data sst2] [--clients 10] [--per-round 3] [--rounds 20]
-                              [--local-steps 20] [--alpha 0.5] [--max-train N] [--no-write]
+                              [--local-steps 20] [--alpha 0.5] [--max-train N]
+                              [--strategy fedavg|fedprox|fedadam|fedyogi] [--mu 0.01]
+                              [--server-lr 0.01] [--no-write]
 
 Every arm starts from the same seed-0 adapter and head with the same train.* settings (LoRA
 r8 on every Linear of MiniLM, AdamW lr 1e-3, batch 32, linear schedule). Centralised: one run
 of rounds x per-round x local-steps optimizer steps (the federation's total client steps),
 scored on dev every per-round x local-steps steps, i.e. at each round's compute. Federated:
-`tunelab federate` in one process (FedAvg, clients_per_round of clients sampled per round).
+`tunelab federate` in one process (--strategy, FedAvg by default, clients_per_round of clients
+sampled per round), the same strategy for the IID and the non-IID split.
 Writes its section into BENCHMARKS.md unless --no-write.
 """
 
@@ -63,10 +66,22 @@ def federated(args: argparse.Namespace, out: Path, split: dict[str, Any]
     tree = base_tree(args, out)
     tree["federated"] = {"clients": args.clients, "clients_per_round": args.per_round,
                          "rounds": args.rounds, "local_steps": args.local_steps,
-                         "split": split, "client_scores": False}
+                         "split": split, "client_scores": False,
+                         "strategy": args.strategy, "proximal_mu": args.mu,
+                         "server_lr": args.server_lr}
     summary = federate(validate_federated(copy.deepcopy(tree)), log=lambda _: None)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return records, summary
+
+
+STRATEGY_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam",
+                  "fedyogi": "FedYogi"}
+
+
+def strategy_detail(args: argparse.Namespace) -> str:
+    if args.strategy == "fedprox":
+        return f" (mu {args.mu:g})"
+    return f" (server lr {args.server_lr:g})" if args.strategy in ("fedadam", "fedyogi") else ""
 
 
 def main() -> None:
@@ -78,6 +93,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--strategy", default="fedavg",
+                   choices=["fedavg", "fedprox", "fedadam", "fedyogi"])
+    p.add_argument("--mu", type=float, default=0.01, help="fedprox's proximal weight")
+    p.add_argument("--server-lr", type=float, default=0.01, help="fedadam / fedyogi step")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=64)
@@ -112,8 +131,9 @@ def main() -> None:
         f"## Federated\n\n`{cmd}` ({datetime.date.today()}, {minutes:.1f} min; {machine()}).\n\n"
         f"{args.data}, MiniLM + LoRA r8 on every Linear, max length {args.max_length}; "
         f"{args.clients} clients, {args.per_round} sampled per round, {args.rounds} rounds of "
-        f"{args.local_steps} local AdamW steps (batch {args.batch_size}, lr {args.lr}), FedAvg "
-        "in one process (`tunelab federate`, Flower's strategy). Dev accuracy of the global "
+        f"{args.local_steps} local AdamW steps (batch {args.batch_size}, lr {args.lr}), "
+        f"{STRATEGY_NAMES[args.strategy]}{strategy_detail(args)} in one process (`tunelab "
+        "federate`, Flower's strategy). Dev accuracy of the global "
         "adapter after each round; centralised: one run of the same total steps, scored at "
         "each round's share of them. Bytes: the arrays of the round's training messages, both "
         "ways (Flower's serialised records), against the whole model's parameters for the same "
