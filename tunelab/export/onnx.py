@@ -149,10 +149,15 @@ def encode(tokenizer: Any, info: dict[str, Any], texts: list[tuple[str, str | No
     return {k: enc[k] for k in INPUTS if k in enc and k in keep}  # the graph's input order
 
 
+def _example_inputs(tokenizer: Any, info: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Two texts of different lengths (a padded batch) for the exporters to trace."""
+    return encode(tokenizer, info, [("an example text of some length", None),
+                                    ("another one", None)])
+
+
 def _write_graph(model: nn.Module, tokenizer: Any, info: dict[str, Any], path: Path) -> list[str]:
     """Export the logits graph with dynamic batch and sequence axes; returns its input names."""
-    example = encode(tokenizer, info, [("an example text of some length", None),
-                                       ("another one", None)])
+    example = _example_inputs(tokenizer, info)
     names = list(example)
     axes = {name: {0: "batch", 1: "sequence"} for name in names}
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -184,8 +189,7 @@ def fused_graph(model: nn.Module, tokenizer: Any, info: dict[str, Any], path: Pa
         return None
     from onnxruntime.transformers.optimizer import optimize_model
 
-    example = encode(tokenizer, info, [("an example text of some length", None),
-                                       ("another one", None)])
+    example = _example_inputs(tokenizer, info)
     names, raw = list(example), path.with_suffix(".raw.onnx")
     configs = {id(m.config): m.config for m in model.modules()
                if getattr(m, "config", None) is not None}
