@@ -12,7 +12,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process' peak resident memory in MiB. Linux: VmHWM, the high-water mark of this
+    program alone; ru_maxrss survives exec, so a child started by a larger parent would
+    report the parent's memory at fork."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB, macOS: bytes
 
 
 def device_name() -> str:

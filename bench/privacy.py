@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, update_benchmarks
+from common import machine, peak_rss_mb, update_benchmarks
 
 TITLE = "## Differential privacy: DP-SGD vs non-private, MiniLM + LoRA on SST-2 (CPU)"
 
@@ -73,7 +72,7 @@ def run_arm(spec: str) -> None:
                       "loop_cpu_s": summary["train_cpu_seconds"],
                       "epsilon": private.get("epsilon"),
                       "sigma": private.get("noise_multiplier"), "delta": private.get("delta"),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 def arm(args: argparse.Namespace, epsilon: float | None, seed: int, tmp: Path) -> dict[str, Any]:
