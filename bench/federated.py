@@ -4,8 +4,8 @@ round for an IID and a non-IID (Dirichlet alpha) split, and the bytes each round
 
     python bench/federated.py [--data sst2] [--clients 10] [--per-round 3] [--rounds 20]
                               [--local-steps 20] [--alpha 0.5] [--max-train N]
-                              [--strategy fedavg|fedprox|fedadam|fedyogi] [--mu 0.01]
-                              [--server-lr 0.01] [--no-write]
+                              [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi] [--mu 0.01]
+                              [--server-lr LR] [--server-momentum 0.0] [--no-write]
 
 Every arm starts from the same seed-0 adapter and head with the same train.* settings (LoRA
 r8 on every Linear of MiniLM, AdamW lr 1e-3, batch 32, linear schedule). Centralised: one run
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, update_benchmarks
 
 from tunelab.config import validate
-from tunelab.federate.config import validate_federated
+from tunelab.federate.config import FederatedSettings, validate_federated
 from tunelab.federate.run import federate
 from tunelab.recipes.run import train
 
@@ -68,20 +68,25 @@ def federated(args: argparse.Namespace, out: Path, split: dict[str, Any]
                          "rounds": args.rounds, "local_steps": args.local_steps,
                          "split": split, "client_scores": False,
                          "strategy": args.strategy, "proximal_mu": args.mu,
-                         "server_lr": args.server_lr}
+                         "server_lr": args.server_lr,
+                         "server_momentum": args.server_momentum}
     summary = federate(validate_federated(copy.deepcopy(tree)), log=lambda _: None)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return records, summary
 
 
-STRATEGY_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedadam": "FedAdam",
-                  "fedyogi": "FedYogi"}
+STRATEGY_NAMES = {"fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedprox": "FedProx",
+                  "fedadam": "FedAdam", "fedyogi": "FedYogi"}
 
 
 def strategy_detail(args: argparse.Namespace) -> str:
     if args.strategy == "fedprox":
         return f" (mu {args.mu:g})"
-    return f" (server lr {args.server_lr:g})" if args.strategy in ("fedadam", "fedyogi") else ""
+    step = FederatedSettings(clients=1, rounds=1, strategy=args.strategy,
+                             server_lr=args.server_lr).server_step
+    if args.strategy == "fedavgm":
+        return f" (server lr {step:g}, momentum {args.server_momentum:g})"
+    return f" (server lr {step:g})" if args.strategy in ("fedadam", "fedyogi") else ""
 
 
 def main() -> None:
@@ -94,9 +99,11 @@ def main() -> None:
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--strategy", default="fedavg",
-                   choices=["fedavg", "fedprox", "fedadam", "fedyogi"])
+                   choices=list(STRATEGY_NAMES))
     p.add_argument("--mu", type=float, default=0.01, help="fedprox's proximal weight")
-    p.add_argument("--server-lr", type=float, default=0.01, help="fedadam / fedyogi step")
+    p.add_argument("--server-lr", type=float, default=None,
+                   help="server step (default: 1.0 fedavgm, 0.01 fedadam / fedyogi)")
+    p.add_argument("--server-momentum", type=float, default=0.0, help="fedavgm's momentum")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=64)

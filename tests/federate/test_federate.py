@@ -193,3 +193,22 @@ def test_server_optimiser_steps_are_bounded_by_its_lr(tiny_model_dir: Path, tiny
     end = _by_param(load_file(tmp_path / strategy / WEIGHTS), start)
     moved = max((end[k] - start[k]).abs().max().item() for k in start)
     assert 0 < moved <= eta * (1 + 1e-5)  # (less than eta where an update is near tau)
+
+
+def test_fedavgm_scales_and_carries_the_averaged_update(tiny_model_dir: Path, tiny_data: dict,
+                                                       tmp_path: Path) -> None:
+    """FedAvgM (Hsu et al., 2019): the global weights move by server_lr times the averaged
+    client update, plus momentum times the previous move. One client, one round: exactly
+    server_lr x what FedAvg moves (the client trains the same from the same start)."""
+    def moved(name: str, **fed) -> dict[str, torch.Tensor]:
+        tree = _fed(_tree(tiny_model_dir, tiny_data, tmp_path / name), client_scores=False, **fed)
+        start = _start(tree)
+        federate(validate_federated(tree), log=lambda _: None)
+        end = _by_param(load_file(tmp_path / name / WEIGHTS), start)
+        return {k: end[k] - start[k] for k in start}
+
+    plain = moved("avg")
+    scaled = moved("avgm", strategy="fedavgm", server_lr=2.5, server_momentum=0.9)
+    assert max(d.abs().max().item() for d in plain.values()) > 0
+    for k, d in plain.items():
+        torch.testing.assert_close(scaled[k], 2.5 * d, rtol=1e-4, atol=1e-6)

@@ -60,9 +60,11 @@ class FederatedSettings(StrictModel):
     rounds: int = Field(ge=1)
     local_steps: int | None = Field(None, ge=1)  # optimizer steps per client per round
     local_epochs: float | None = Field(None, gt=0.0)  # or passes over the client's shard
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "fedyogi"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0)  # fedprox: weight of ||w - w_global||^2 / 2
-    server_lr: float = Field(0.01, gt=0.0)  # fedadam / fedyogi: the server optimiser's step
+    server_lr: float | None = Field(None, gt=0.0)  # the server optimiser's step; None: 1.0
+    #                                                for fedavgm, 0.01 for fedadam / fedyogi
+    server_momentum: float = Field(0.0, ge=0.0, lt=1.0)  # fedavgm: momentum of server SGD
     server_betas: tuple[float, float] = (0.9, 0.99)
     server_tau: float = Field(1e-3, gt=0.0)  # fedadam / fedyogi: adaptivity (epsilon)
     dp: ClientDP | None = None
@@ -85,6 +87,14 @@ class FederatedSettings(StrictModel):
     @property
     def per_round(self) -> int:
         return self.clients_per_round or self.clients
+
+    @property
+    def server_step(self) -> float:
+        """server_lr, or the strategy's default (FedAvgM: plain averaging; Adam / Yogi: the
+        small step adaptive server optimisers need, Reddi et al. 2021)."""
+        if self.server_lr is not None:
+            return self.server_lr
+        return 1.0 if self.strategy == "fedavgm" else 0.01
 
 
 @dataclass(frozen=True)

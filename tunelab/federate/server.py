@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     FedYogi,
     Result,
@@ -32,7 +33,7 @@ from tunelab.federate.worker import Worker
 
 
 def build_strategy(f: FederatedSettings) -> Strategy:
-    """FedAvg / FedProx / FedAdam / FedYogi sampling clients_per_round of `clients` nodes,
+    """FedAvg / FedAvgM / FedProx / FedAdam / FedYogi sampling clients_per_round of `clients` nodes,
     wrapped in Flower's fixed-clipping DP strategy when federated.dp is set."""
     frac = f.per_round / f.clients
     common: dict[str, Any] = {"fraction_train": frac, "min_train_nodes": f.per_round,
@@ -44,8 +45,11 @@ def build_strategy(f: FederatedSettings) -> Strategy:
         strategy = FedProx(proximal_mu=f.proximal_mu, **common)
     elif f.strategy in ("fedadam", "fedyogi"):
         cls = FedAdam if f.strategy == "fedadam" else FedYogi
-        strategy = cls(eta=f.server_lr, beta_1=f.server_betas[0], beta_2=f.server_betas[1],
+        strategy = cls(eta=f.server_step, beta_1=f.server_betas[0], beta_2=f.server_betas[1],
                        tau=f.server_tau, **common)
+    elif f.strategy == "fedavgm":
+        strategy = FedAvgM(server_learning_rate=f.server_step,
+                           server_momentum=f.server_momentum, **common)
     else:
         strategy = FedAvg(**common)
     if f.dp is None:
