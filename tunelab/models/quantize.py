@@ -217,11 +217,14 @@ def _page_out(t: torch.Tensor) -> None:
     every page read counts in the process' memory until the mapping goes: without this the
     peak while quantizing is the whole fp32 model, the peak a quantized base exists to avoid.
     PAGEOUT never loses data (a file-backed page is read again if touched, an anonymous one
-    goes to swap or stays), so it is safe on any tensor; where the call is missing or refused
-    (not Linux, an old kernel) it does nothing."""
+    goes to swap or stays), so it is safe on any CPU tensor; off Linux, on a GPU, or where
+    the kernel refuses it (older than 5.4) it does nothing."""
     import ctypes
     import mmap
+    import sys
 
+    if sys.platform != "linux" or t.device.type != "cpu":
+        return
     start = t.data_ptr()
     first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the tensor only
     last = (start + t.numel() * t.element_size()) // mmap.PAGESIZE * mmap.PAGESIZE
