@@ -69,7 +69,8 @@ def federated(args: argparse.Namespace, out: Path, split: dict[str, Any]
                          "split": split, "client_scores": False,
                          "strategy": args.strategy, "proximal_mu": args.mu,
                          "server_lr": args.server_lr,
-                         "server_momentum": args.server_momentum}
+                         "server_momentum": args.server_momentum,
+                         "logit_adjust": args.logit_adjust}
     summary = federate(validate_federated(copy.deepcopy(tree)), log=lambda _: None)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return records, summary
@@ -104,6 +105,8 @@ def main() -> None:
     p.add_argument("--server-lr", type=float, default=None,
                    help="server step (default: 1.0 fedavgm, 0.01 fedadam / fedyogi)")
     p.add_argument("--server-momentum", type=float, default=0.0, help="fedavgm's momentum")
+    p.add_argument("--logit-adjust", type=float, default=0.0,
+                   help="federated.logit_adjust (tau) for both splits")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-length", type=int, default=64)
@@ -139,7 +142,10 @@ def main() -> None:
         f"{args.data}, MiniLM + LoRA r8 on every Linear, max length {args.max_length}; "
         f"{args.clients} clients, {args.per_round} sampled per round, {args.rounds} rounds of "
         f"{args.local_steps} local AdamW steps (batch {args.batch_size}, lr {args.lr}), "
-        f"{STRATEGY_NAMES[args.strategy]}{strategy_detail(args)} in one process (`tunelab "
+        f"{STRATEGY_NAMES[args.strategy]}{strategy_detail(args)}"
+        + (f", clients train on logits + {args.logit_adjust:g} x log(their label prior) "
+           "(federated.logit_adjust)" if args.logit_adjust else "")
+        + " in one process (`tunelab "
         "federate`, Flower's strategy). Dev accuracy of the global "
         "adapter after each round; centralised: one run of the same total steps, scored at "
         "each round's share of them. Bytes: the arrays of the round's training messages, both "

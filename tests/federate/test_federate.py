@@ -212,3 +212,55 @@ def test_fedavgm_scales_and_carries_the_averaged_update(tiny_model_dir: Path, ti
     assert max(d.abs().max().item() for d in plain.values()) > 0
     for k, d in plain.items():
         torch.testing.assert_close(scaled[k], 2.5 * d, rtol=1e-4, atol=1e-6)
+
+
+def test_logit_adjustment_keeps_a_one_label_client_from_learning_its_prior(
+        tiny_model_dir: Path, tiny_data: dict, tmp_path: Path) -> None:
+    """Client 0 holds one label and a few examples of the other. Plain local training moves
+    the global model toward predicting that label for everything; with logit_adjust (tau = 1)
+    its loss reads logits + log(its prior), whose expected gradient no longer points at the
+    prior, so the same steps move the prediction much less. The training loss is the
+    cross-entropy of the offset logits, by the client's add-one label prior."""
+    lines = tiny_data["train"].read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    label_col = header.split("\t").index("label")
+    one = sorted({r.split("\t")[label_col] for r in rows})[0]
+    files = []
+    ones = [r for r in rows if r.split("\t")[label_col] == one]
+    others = [r for r in rows if r.split("\t")[label_col] != one]
+    for k, part in enumerate([ones + others[: len(ones) // 9], rows]):  # 90% / 10%, then all
+        path = tmp_path / f"client{k}.tsv"
+        path.write_text("\n".join([header, *part]) + "\n")
+        files.append(str(path))
+
+    def mean_prob_of_one(tau: float) -> tuple[float, Worker]:
+        tree = _fed(_tree(tiny_model_dir, tiny_data, tmp_path / f"t{tau}", lr=0.05), clients=2,
+                    local_steps=10, split={"kind": "files", "files": files}, logit_adjust=tau)
+        worker = Worker(validate_federated(tree), lambda _: None)
+
+        def prob() -> float:
+            probs = worker.setup.task.predict(worker.setup.model, worker.setup.dev, 16,
+                                              torch.device("cpu")).probs
+            return probs[:, worker.setup.task.index[one]].mean().item()
+
+        before = prob()
+        worker.fit(0, 1)
+        return prob() - before, worker
+
+    plain, _ = mean_prob_of_one(0.0)
+    adjusted, worker = mean_prob_of_one(1.0)
+    assert plain > 0.3 and abs(adjusted) < 0.5 * plain, (plain, adjusted)
+
+    from tunelab.federate.worker import PriorAdjusted
+
+    task = PriorAdjusted(worker.setup.task, worker.shards[0].labels, 1.0)
+    n = len(worker.shards[0].train)
+    counts = torch.tensor([worker.shards[0].labels[label] for label in worker.setup.task.index],
+                          dtype=torch.float32)
+    batch = worker.setup.task.collate(worker.shards[0].train, list(range(4)))
+    worker.setup.model.eval()  # no dropout: the two losses see the same logits
+    with torch.no_grad():
+        logits = worker.setup.task.logits(worker.setup.model, batch)
+        want = torch.nn.functional.cross_entropy(
+            logits + ((counts + 1) / (n + len(counts))).log(), batch["labels"], reduction="sum")
+        torch.testing.assert_close(task.loss_sum(worker.setup.model, batch), want)

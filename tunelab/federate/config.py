@@ -67,6 +67,8 @@ class FederatedSettings(StrictModel):
     server_momentum: float = Field(0.0, ge=0.0, lt=1.0)  # fedavgm: momentum of server SGD
     server_betas: tuple[float, float] = (0.9, 0.99)
     server_tau: float = Field(1e-3, gt=0.0)  # fedadam / fedyogi: adaptivity (epsilon)
+    logit_adjust: float = Field(0.0, ge=0.0)  # tau: each client trains on logits + tau x log
+    #                                          of its own label prior (label-skewed splits)
     dp: ClientDP | None = None
     client_scores: bool = True  # each round, every client scores the global adapter on its
     #                             share of the dev set (split like the training set)

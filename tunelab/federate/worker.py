@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from tunelab.data import load_splits
 from tunelab.data.batching import Encoded
@@ -69,6 +70,27 @@ class ProxHook(StepHook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state)
+
+
+class PriorAdjusted:
+    """A classification task whose training loss reads logits + tau * log(prior), the prior
+    being this client's label frequencies (logit adjustment, Menon et al., ICLR 2021; for
+    label-skewed federated clients, FedLC, Zhang et al., ICML 2022). A client that holds
+    mostly one label then has little reason to move the shared weights toward predicting it,
+    the drift that makes averaged rounds swing between classes. Scoring is untouched."""
+
+    def __init__(self, task: Any, counts: dict[str, int], tau: float):
+        n = torch.tensor([counts.get(label, 0) for label in task.index], dtype=torch.float32)
+        prior = (n + 1) / (n.sum() + len(n))  # add-one: a label the client lacks stays finite
+        self.task, self.offset = task, tau * prior.log()  # (n_labels,)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.task.logits(model, batch)  # (B, n_labels)
+        return F.cross_entropy(logits + self.offset.to(logits.device), batch["labels"],
+                               reduction="sum")
 
 
 class Worker:
@@ -132,8 +154,10 @@ class Worker:
         params = [p for _, p in self.named]
         hook = ProxHook(self.report.hook or StepHook(), params, mu) if mu > 0 \
             else self.report.hook
+        tau = self.fed.federated.logit_adjust
+        task = PriorAdjusted(self.setup.task, shard.labels, tau) if tau else self.setup.task
         with tempfile.TemporaryDirectory(prefix="tunelab-client-") as tmp:
-            trainer = Trainer(self.setup.model, self.setup.task, shard.train, shard.dev, tcfg,
+            trainer = Trainer(self.setup.model, task, shard.train, shard.dev, tcfg,
                               Path(tmp), self.device, _quiet, lr_scales=self.report.lr_scales,
                               hook=hook)
             trainer.total_steps = start + steps
