@@ -5,7 +5,8 @@ round for an IID and a non-IID (Dirichlet alpha) split, and the bytes each round
     python bench/federated.py [--data sst2] [--clients 10] [--per-round 3] [--rounds 20]
                               [--local-steps 20] [--alpha 0.5] [--max-train N]
                               [--strategy fedavg|fedavgm|fedprox|fedadam|fedyogi] [--mu 0.01]
-                              [--server-lr LR] [--server-momentum 0.0] [--no-write]
+                              [--server-lr LR] [--server-momentum 0.0] [--logit-adjust TAU]
+                              [--jobs 1] [--threads N] [--no-write]
 
 Every arm starts from the same seed-0 adapter and head with the same train.* settings (LoRA
 r8 on every Linear of MiniLM, AdamW lr 1e-3, batch 32, linear schedule). Centralised: one run
@@ -22,9 +23,11 @@ import argparse
 import copy
 import datetime
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +93,13 @@ def strategy_detail(args: argparse.Namespace) -> str:
     return f" (server lr {step:g})" if args.strategy in ("fedadam", "fedyogi") else ""
 
 
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="sst2", help="catalog name: sst2 or ag_news")
@@ -112,14 +122,21 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--max-train", type=int, default=None, help="first N training examples")
     p.add_argument("--max-eval", type=int, default=None, help="first N dev examples")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="arms (centralised, IID, non-IID) run at once, each in its own process")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per arm")
     p.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md")
     args = p.parse_args()
+    _threads(args.threads)  # machine() reports the parent's setting
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
-        central, central_s = centralised(args, Path(tmp) / "central")
-        iid, iid_sum = federated(args, Path(tmp) / "iid", {"kind": "iid", "seed": 0})
-        non, non_sum = federated(args, Path(tmp) / "noniid",
-                                 {"kind": "dirichlet", "alpha": args.alpha, "seed": 0})
+    with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp, ProcessPoolExecutor(
+            args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
+            initargs=(args.threads,)) as pool:
+        arms = [pool.submit(centralised, args, Path(tmp) / "central"),
+                pool.submit(federated, args, Path(tmp) / "iid", {"kind": "iid", "seed": 0}),
+                pool.submit(federated, args, Path(tmp) / "noniid",
+                            {"kind": "dirichlet", "alpha": args.alpha, "seed": 0})]
+        (central, central_s), (iid, iid_sum), (non, non_sum) = [a.result() for a in arms]
     minutes = (time.perf_counter() - t0) / 60
     rows = [(f"| round | centralised (same steps) | IID | non-IID (alpha {args.alpha}) "
              "| MB sent: adapter + head | MB: full-model FedAvg |"),

@@ -51,6 +51,10 @@ def tree(args: argparse.Namespace, epsilon: float | None, seed: int, out: Path) 
         "output_dir": str(out)}
     if epsilon is not None:
         cfg["privacy"] = {"target_epsilon": epsilon, "max_grad_norm": 1.0}
+        if args.dp_optimizer == "sgd":  # see --dp-optimizer
+            cfg["train"].update(optimizer="sgd", momentum=0.0, lr=args.dp_lr)
+        elif args.dp_lr is not None:
+            cfg["train"]["lr"] = args.dp_lr
     return cfg
 
 
@@ -101,6 +105,13 @@ def goals(results: dict[float | None, list[dict[str, Any]]], base_acc: float,
     return "\n".join(out)
 
 
+def private_optimizer(args: argparse.Namespace) -> str:
+    """How the private arms' optimizer differs from the non-private arm's, in words."""
+    if args.dp_optimizer == "sgd":
+        return f" (private arms: SGD without momentum, lr {args.dp_lr or args.lr:g})"
+    return f" (private arms: lr {args.dp_lr:g})" if args.dp_lr is not None else ""
+
+
 def spread(values: list[float]) -> str:
     mean = statistics.mean(values)
     return f"{mean:.4f}" + (f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else "")
@@ -113,6 +124,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--accum", type=int, default=8)
     p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--dp-optimizer", choices=["adamw", "sgd"], default="adamw",
+                   help="the private arms' optimizer. Adam scales every coordinate's step to "
+                        "about lr, so the LoRA weights, whose gradient is almost all noise "
+                        "early on, random-walk at lr per step; SGD moves them by lr x the "
+                        "noise (sigma C / B per coordinate)")
+    p.add_argument("--dp-lr", type=float, default=None, help="the private arms' lr (default --lr)")
     p.add_argument("--r", type=int, default=8, help="LoRA rank (alpha 2r)")
     p.add_argument("--targets", nargs="+", default=["all-linear"],
                    help="LoRA targets: all-linear, or module names such as query value")
@@ -163,7 +180,8 @@ def main() -> None:
         f"All 67,349 SST-2 training examples, {args.steps} steps of {args.batch_size} x "
         f"{args.accum} = {args.batch_size * args.accum} examples (expected size for DP-SGD's "
         f"Poisson batches), {examples:,} examples seen in every arm; LoRA r{args.r} alpha "
-        f"{2 * args.r} on {' / '.join(args.targets)}, dropout 0, AdamW lr {args.lr:g}, linear schedule with 6% warmup, max length "
+        f"{2 * args.r} on {' / '.join(args.targets)}, dropout 0, AdamW lr {args.lr:g}"
+        f"{private_optimizer(args)}, linear schedule with 6% warmup, max length "
         f"64, unpacked batches in every arm (DP-SGD cannot pack, so the non-private arm does "
         f"not either), each micro-batch of similar lengths (the non-private arm's length "
         f"buckets; DP-SGD sorts each Poisson sample by length before splitting it); seeds {', '.join(map(str, args.seeds))} (mean +- stdev where more than one); "

@@ -27,11 +27,13 @@ from common import machine, matmul_peak_gflops, peak_rss_mb, update_benchmarks  
 FLOPS_PER_TOKEN = 4 * 134.5e6
 # TRL's SFTConfig turns gradient checkpointing on by default (less memory, more compute);
 # tunelab leaves it off unless asked, so it runs both ways here.
-# The -chunked runs add the chunked output layer + loss (train.loss_chunk_size).
-RUNS = ["tunelab", "tunelab-chunked", "tunelab-gc", "tunelab-gc-chunked", "tunelab-packed", "trl",
-        "trl-packed"]
-# --quantize nf4 int8: tunelab on a quantized base (model.quantize), rows after RUNS
-QUANT_RUNS = ["tunelab-nf4", "tunelab-int8"]
+# -chunked: the chunked output layer + loss (train.loss_chunk_size); -packed: packed rows,
+# attention per example (varlen, no T x T mask); -gc: gradient checkpointing.
+RUNS = ["tunelab", "tunelab-chunked", "tunelab-gc", "tunelab-gc-chunked", "tunelab-packed",
+        "tunelab-packed-chunked", "trl", "trl-packed"]
+# --quantize nf4 int8: tunelab on a quantized base (model.quantize) with the memory-lean
+# settings (gradient checkpointing, chunked loss), next to tunelab-gc-chunked: rows after RUNS
+QUANT_RUNS = ["tunelab-gc-chunked-nf4", "tunelab-gc-chunked-int8"]
 LOSS_CHUNK = 256
 LR, RANK, ALPHA, BATCH, WARMUP, SEED = 5e-4, 16, 32, 4, 0.05, 0
 
@@ -56,8 +58,9 @@ def run_config(args: argparse.Namespace, out_dir: Path, packing: bool, checkpoin
 def child_tunelab(args: argparse.Namespace, out_dir: Path, packing: bool, checkpointing: bool) -> dict:
     from tunelab.recipes.run import train
 
-    quantize = next((q for q in ("nf4", "int8") if out_dir.name.endswith(q)), None)
-    summary = train(run_config(args, out_dir, packing, checkpointing, out_dir.name.endswith("chunked"),
+    parts = out_dir.name.split("-")
+    quantize = next((q for q in ("nf4", "int8") if q in parts), None)
+    summary = train(run_config(args, out_dir, packing, checkpointing, "chunked" in parts,
                                quantize), overwrite=True, log=lambda _: None)
     # a quantized run's held-out loss is on its quantized base (the model that trained); its
     # adapter on the fp32 base is measured too (held_out_loss), once RSS has been read
@@ -127,8 +130,8 @@ def held_out_loss(args: argparse.Namespace, adapter: str) -> float:
 
 def child(kind: str, args: argparse.Namespace) -> None:
     out_dir = Path(args.work) / kind
-    packing = kind.endswith("packed")
-    checkpointing = kind.startswith("trl") or "-gc" in kind  # TRL: its default
+    packing = "packed" in kind.split("-")
+    checkpointing = kind.startswith("trl") or "gc" in kind.split("-")  # TRL: its default
     result = (child_trl if kind.startswith("trl") else child_tunelab)(args, out_dir, packing,
                                                                       checkpointing)
     result["checkpointing"] = checkpointing
@@ -164,15 +167,41 @@ def write_table(args: argparse.Namespace, results: dict[str, dict], peak: float)
                      f"{tps / ref:.2f}x | {tps * FLOPS_PER_TOKEN / (peak * 1e9):.0%} | "
                      f"{r['peak_rss_mb']:.0f} | {r['loss']:.4f} |")
     quant = [k for k in QUANT_RUNS if k in results]
-    if quant:  # peak RSS includes loading the fp32 base before it is quantized
-        lines += ["", "Quantized base (model.quantize; peak RSS includes loading the fp32 base "
-                  "before quantization): held-out loss of the same adapter on the fp32 base: "
+    if quant:
+        lines += ["", "Quantized base (model.quantize, with gradient checkpointing and the chunked "
+                  "loss, against tunelab-gc-chunked in fp32); the held-out loss above is on the "
+                  "quantized base the adapter trained on; the same adapter on the fp32 base: "
                   + ", ".join(f"{k} {results[k]['loss_fp32_base']:.4f}" for k in quant) + "."]
+    lines += ["", *goals(results)]
     lines += ["", f"Command: `python bench/sft_vs_trl.py --examples {args.examples} --eval "
               f"{args.eval} --max-length {args.max_length}"
-              + (f" --quantize {' '.join(k.split('-')[1] for k in quant)}" if quant else "")
+              + (f" --quantize {' '.join(k.split('-')[-1] for k in quant)}" if quant else "")
               + "` (or `make bench`)."]
     return "\n".join(lines) + "\n"
+
+
+def goals(results: dict[str, dict]) -> list[str]:
+    """Issue 23's goals read off this run: packed SFT (varlen attention) >= 2x TRL packed
+    real tokens/s; a quantized base cuts peak RSS >= 40% at <= 2% held-out loss."""
+    def tps(kind: str) -> float:
+        return results[kind]["tokens"] / results[kind]["seconds"]
+
+    out = ["Goals:", ""]
+    packed = max((k for k in results if "packed" in k.split("-") and k.startswith("tunelab")),
+                 key=tps)
+    ratio = tps(packed) / tps("trl-packed")
+    out.append(f"- packed SFT with varlen attention >= 2x TRL packed tokens/s: {packed} "
+               f"{ratio:.2f}x: {'met' if ratio >= 2 else 'NOT met'}")
+    base = results.get("tunelab-gc-chunked")
+    for kind in [k for k in QUANT_RUNS if k in results and base]:
+        r = results[kind]
+        cut = 1 - r["peak_rss_mb"] / base["peak_rss_mb"]
+        loss = r["loss"] / base["loss"] - 1
+        met = cut >= 0.40 and abs(loss) <= 0.02
+        out.append(f"- {kind.split('-')[-1]} base cuts peak RSS >= 40% at <= 2% held-out loss: "
+                   f"{base['peak_rss_mb']:.0f} -> {r['peak_rss_mb']:.0f} MB ({cut:.0%} less), "
+                   f"held-out loss {loss:+.1%}: {'met' if met else 'NOT met'}")
+    return out
 
 
 def main() -> None:
@@ -185,13 +214,20 @@ def main() -> None:
     p.add_argument("--quantize", nargs="*", choices=["nf4", "int8"], default=[],
                    help="add tunelab runs on a quantized base (model.quantize)")
     p.add_argument("--json")
+    p.add_argument("--table-only", action="store_true",
+                   help="write the table from the run files a finished run left in --work")
+    p.add_argument("--peak-gflops", type=float, help="with --table-only: the run's measured peak")
     p.add_argument("--only", nargs="*", choices=RUNS, default=RUNS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args)
-    peak = matmul_peak_gflops()
+    peak = args.peak_gflops or matmul_peak_gflops()
     results = {}
-    for kind in args.only + [f"tunelab-{q}" for q in args.quantize]:
+    kinds = args.only + [f"tunelab-gc-chunked-{q}" for q in args.quantize]
+    if args.table_only:
+        results = {k: json.loads((Path(args.work) / f"{k}.json").read_text()) for k in kinds}
+        kinds = []
+    for kind in kinds:
         out = Path(args.work) / f"{kind}.json"
         cmd = [sys.executable, __file__, "--child", kind, "--json", str(out), "--work", args.work,
                "--examples", str(args.examples), "--eval", str(args.eval),
