@@ -148,8 +148,9 @@ def write_table(args: argparse.Namespace, results: dict[str, dict], peak: float)
 
     ref = results["trl-packed"]["tokens"] / results["trl-packed"]["seconds"]
     lines = [f"## LoRA SFT: SmolLM2-135M-Instruct on Alpaca (tunelab vs TRL {trl.__version__} + peft)",
-             "", f"Measured {date.today()} on {machine()}; fp32 matmul peak measured in the same "
-             f"run: {peak:.1f} GFLOP/s (MFU: 4N model FLOPs per real token, N = 134.5M).",
+             "", f"Measured {date.today()} on {machine()}; fp32 matmul peak measured "
+             + ("apart from the runs (--peak-gflops)" if args.peak_gflops else "in the same run")
+             + f": {peak:.1f} GFLOP/s (MFU: 4N model FLOPs per real token, N = 134.5M).",
              f"{args.examples} training and {args.eval} held-out Alpaca (en) examples, max length "
              f"{args.max_length}, 1 epoch, batch {BATCH}, LoRA r{RANK}/alpha {ALPHA} on all linear "
              f"layers, lr {LR}, linear schedule, warmup {WARMUP:.0%}, seed {SEED}, fp32 on CPU. "
