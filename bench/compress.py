@@ -149,10 +149,9 @@ def main() -> None:
     from tunelab.commands.export import export_run
     from tunelab.data.splits import load_splits
     from tunelab.export.onnx import INT8_FILE, KEEP_FP32, MODEL_FILE, encode
-    from tunelab.runs.onnx_model import ONNX_INFO
     from tunelab.methods.peft_format import merge
     from tunelab.runs.layout import load_run_config
-    from tunelab.runs.onnx_model import OnnxModel
+    from tunelab.runs.onnx_model import ONNX_INFO, OnnxModel
     from tunelab.runs.trained import load_trained
 
     threads = os.cpu_count() or 1

@@ -52,8 +52,8 @@ def tree(args: argparse.Namespace, epsilon: float | None, seed: int, out: Path) 
     if epsilon is not None:
         cfg["privacy"] = {"target_epsilon": epsilon, "max_grad_norm": 1.0}
         if args.dp_optimizer == "sgd":  # see --dp-optimizer
-            cfg["train"].update(optimizer="sgd", momentum=0.0, lr=args.dp_lr)
-        elif args.dp_lr is not None:
+            cfg["train"].update(optimizer="sgd", momentum=0.0)
+        if args.dp_lr is not None:
             cfg["train"]["lr"] = args.dp_lr
     return cfg
 
