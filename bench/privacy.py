@@ -3,6 +3,7 @@ the same examples seen and the same settings, with time and peak memory per step
 
     python bench/privacy.py [--epsilons 1 3 8] [--steps 80] [--batch-size 64] [--accum 8]
                             [--seeds 0] [--lr 5e-3] [--r 8] [--targets all-linear]
+                            [--pooling mean|cls] [--dp-optimizer adamw|sgd] [--dp-lr LR]
                             [--threads 1] [--jobs 1] [--no-write]
 
 Every arm trains LoRA (rank --r, alpha 2r) on --targets of MiniLM (dropout 0: DP-SGD refuses
@@ -34,12 +35,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, peak_rss_mb, update_benchmarks
 
+POOLED = {"mean": "the mean of the last layer over real tokens",
+          "cls": "BERT's pooler (dense + tanh over the first token)"}
 TITLE = "## Differential privacy: DP-SGD vs non-private, MiniLM + LoRA on SST-2 (CPU)"
 
 
 def tree(args: argparse.Namespace, epsilon: float | None, seed: int, out: Path) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "task": "classification", "model": {"name": "minilm", "max_length": 64},
+        "task": "classification",
+        "model": {"name": "minilm", "max_length": 64, "pooling": args.pooling},
         "data": {"train": "sst2", "packing": False},  # DP-SGD cannot pack: same batches in all
         "method": {"name": "lora", "r": args.r, "alpha": 2 * args.r,
                    "targets": args.targets if args.targets != ["all-linear"] else "all-linear",
@@ -133,6 +137,9 @@ def main() -> None:
     p.add_argument("--r", type=int, default=8, help="LoRA rank (alpha 2r)")
     p.add_argument("--targets", nargs="+", default=["all-linear"],
                    help="LoRA targets: all-linear, or module names such as query value")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="mean",
+                   help="model.pooling in every arm: mean (what MiniLM was trained for) or "
+                        "cls (BERT's pooler over the first token)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--jobs", type=int, default=1, help="arms run at once (CPU time is per arm)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per arm")
@@ -180,7 +187,8 @@ def main() -> None:
         f"All 67,349 SST-2 training examples, {args.steps} steps of {args.batch_size} x "
         f"{args.accum} = {args.batch_size * args.accum} examples (expected size for DP-SGD's "
         f"Poisson batches), {examples:,} examples seen in every arm; LoRA r{args.r} alpha "
-        f"{2 * args.r} on {' / '.join(args.targets)}, dropout 0, AdamW lr {args.lr:g}"
+        f"{2 * args.r} on {' / '.join(args.targets)}, dropout 0, the head on "
+        f"{POOLED[args.pooling]} (model.pooling: {args.pooling}), AdamW lr {args.lr:g}"
         f"{private_optimizer(args)}, linear schedule with 6% warmup, max length "
         f"64, unpacked batches in every arm (DP-SGD cannot pack, so the non-private arm does "
         f"not either), each micro-batch of similar lengths (the non-private arm's length "

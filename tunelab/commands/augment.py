@@ -30,7 +30,7 @@ def materialise(cfg: RunConfig, out: Path, epoch: int = 0) -> dict[str, int]:
     path = resolve(cfg.model.name)
     tokenizer = load_tokenizer(path)
     model = load_classifier(path, splits.labels, cfg.model.dropout,
-                            pad_token_id=tokenizer.pad_token_id)
+                            pad_token_id=tokenizer.pad_token_id, pooling=cfg.model.pooling)
     train = build(cfg.data.augment, splits.train, tokenizer, model, None, print,
                   paraphraser(cfg.data.augment))
     counts = write_jsonl(train, out, epoch)

@@ -41,7 +41,8 @@ def info(cfg: RunConfig) -> None:
         model = load_causal_lm(path, cfg.model.dropout)
     else:
         splits = load_splits(cfg.data)
-        model = load_classifier(path, splits.labels, cfg.model.dropout)
+        model = load_classifier(path, splits.labels, cfg.model.dropout,
+                                pooling=cfg.model.pooling)
     if cfg.model.quantize is not None:  # as a run quantizes its base: before the method
         for line in quantize_model(model, cfg.model.quantize, cfg.model.compute_dtype).lines():
             print(line)

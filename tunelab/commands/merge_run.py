@@ -29,6 +29,10 @@ def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
 
 def merge(run_dir: Path, out: Path) -> Path:
     model, tokenizer, info = load_trained(run_dir)
+    if info.get("pooling") == "mean":  # transformers would rebuild BERT's pooler, untrained
+        raise AdapterError(f"merge: {run_dir} trained with model.pooling: mean, which a plain "
+                           "transformers classifier cannot express (it would read its pooler "
+                           "instead); keep the run directory, or export it --to onnx")
     n = merge_layers(model)
     write_model(model, tokenizer, out)
     auto = AUTO_CLASSES.get(info.get("route", info["task"]), "AutoModel")

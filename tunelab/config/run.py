@@ -79,6 +79,14 @@ class _RunBase(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _pooling_is_for_classifiers(self) -> "_RunBase":
+        if self.model.pooling == "mean" and getattr(self, "task", None) != "classification":
+            raise ValueError(f"model.pooling: mean is for task: classification (what a "
+                             f"sequence classifier's head reads); a {self.task} run has no "
+                             "pooled vector. Remove model.pooling")
+        return self
+
+    @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> "_RunBase":
         if self.train.early_stopping is not None and self.train.eval_every is None:
             raise ValueError("train.early_stopping needs train.eval_every (evaluate every N steps)")

@@ -46,6 +46,10 @@ class ModelConfig(StrictModel):
     # store the frozen base's Linear weights in 4 or 8 bits (QLoRA; tunelab/models/quantize.py)
     quantize: Literal["nf4", "fp4", "int8"] | None = None
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # what quantized layers compute in
+    # what a classifier's head reads: None/"cls" the model's own (BERT: its pooler over the
+    # first token), "mean" the average of the last layer over real tokens, which is what
+    # sentence-transformers checkpoints such as MiniLM were trained for (models/pooling.py)
+    pooling: Literal["cls", "mean"] | None = None
 
     @field_validator("keep_layers")
     @classmethod

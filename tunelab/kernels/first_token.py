@@ -29,12 +29,17 @@ FIRST_TOKEN_HEADS = ("BertForSequenceClassification",)
 def last_attention_output(model: nn.Module) -> nn.Module | None:
     """The block after the last layer's attention (BertSelfOutput), or None for models this
     does not apply to, and under gradient checkpointing."""
-    if type(model).__name__ not in FIRST_TOKEN_HEADS:
+    if type(model).__name__ not in FIRST_TOKEN_HEADS or reads_every_token(model):
         return None
     if getattr(model, "is_activation_checkpointing", False):
         return None  # the backward pass re-runs the layer after the cut has been lifted
     layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     return layers[-1].attention.output if layers else None
+
+
+def reads_every_token(model: nn.Module) -> bool:
+    """The head reads the mean of every token (model.pooling: mean, tunelab.models.pooling)."""
+    return bool(getattr(getattr(model.base_model, "pooler", None), "reads_every_token", False))
 
 
 def packing_blocker(model: nn.Module, gradient_checkpointing: bool = False) -> str | None:
@@ -45,6 +50,8 @@ def packing_blocker(model: nn.Module, gradient_checkpointing: bool = False) -> s
         return last_token_blocker(model)
     if gradient_checkpointing or getattr(model, "is_activation_checkpointing", False):
         return "gradient checkpointing re-runs the last layer without the first-token cut"
+    if reads_every_token(model):
+        return "model.pooling: mean averages whole rows, and a packed row holds several examples"
     if last_attention_output(model) is None:
         return f"{type(model).__name__} is not a classifier whose head reads the first token alone"
     if hasattr(model.base_model, "prompt_encoder"):  # tunelab.methods.virtual

@@ -36,7 +36,7 @@ def meta(cfg: MetaRun, overwrite: bool = False, log: Callable[[str], None] = pri
     for pool in pools:
         log(f"source {pool.name}: labels {', '.join(sorted(pool.by_label))}")
     model = load_classifier(model_path, [f"class {i}" for i in range(s.n_way)], cfg.model.dropout,
-                            pad_token_id=tokenizer.pad_token_id)
+                            pad_token_id=tokenizer.pad_token_id, pooling=cfg.model.pooling)
     report = methods.apply(model, cfg.method)
     for line in report.lines():
         log(line)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import ModelError
+from tunelab.models.pooling import use_mean_pooling
 
 # Config attributes that hold dropout rates in common transformers architectures.
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
@@ -59,16 +60,21 @@ def _config(source: Path, dropout: float | None) -> Any:
 
 
 def load_classifier(path: Path, labels: list[str], dropout: float | None = None,
-                    weights_from: Path | None = None, pad_token_id: int | None = None) -> Any:
+                    weights_from: Path | None = None, pad_token_id: int | None = None,
+                    pooling: str | None = None) -> Any:
     """A sequence-classification model with len(labels) outputs.
 
     `dropout` overrides every dropout rate the config has. `weights_from` loads a full
-    fine-tuned checkpoint (a run's model/ directory) instead of the base weights.
+    fine-tuned checkpoint (a run's model/ directory) instead of the base weights. `pooling`
+    "mean": the head reads the tokens' mean, not the pooler (tunelab/models/pooling.py).
     """
     from transformers import AutoModelForSequenceClassification
 
-    return _labelled_model(AutoModelForSequenceClassification, "a sequence classifier", path,
-                           labels, dropout, weights_from, pad_token_id)
+    model = _labelled_model(AutoModelForSequenceClassification, "a sequence classifier", path,
+                            labels, dropout, weights_from, pad_token_id)
+    if pooling == "mean":
+        use_mean_pooling(model)
+    return model
 
 
 def load_token_classifier(path: Path, labels: list[str], dropout: float | None = None,

@@ -27,7 +27,7 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None],
     tokenizer = load_tokenizer(model_path)
     check_readable(cfg, tokenizer, splits, log)
     model = load_classifier(model_path, splits.labels, cfg.model.dropout,
-                            pad_token_id=tokenizer.pad_token_id)
+                            pad_token_id=tokenizer.pad_token_id, pooling=cfg.model.pooling)
     task = ClassificationTask(splits.labels, cfg.model.max_length, tokenizer.pad_token_id)
     if cfg.data.augment is None:
         train = task.encode(tokenizer, splits.train)
@@ -37,7 +37,8 @@ def classification(cfg: ClassificationRun, log: Callable[[str], None],
                       paraphraser(cfg.data.augment))
     return Setup(model, tokenizer, task, train,
                  task.encode(tokenizer, splits.dev), model_path,
-                 {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None},
+                 {"labels": splits.labels, "text_pair": splits.train[0].text_pair is not None,
+                  **({"pooling": "mean"} if cfg.model.pooling == "mean" else {})},
                  splits.train)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from tunelab.errors import DataError, ModelError
 from tunelab.models import load_tokenizer
+from tunelab.models.pooling import masked_mean
 from tunelab.models.resolve import resolve as resolve_model
 from tunelab.runs.layout import task_runs
 from tunelab.runs.onnx_model import load_onnx_run
@@ -177,10 +178,7 @@ class EncoderModel:
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """sentence-transformers' Pooling(mean) then Normalize: the average of the real tokens'
     (B, T, H) states, scaled to unit L2 length."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    summed = (hidden * weights).sum(1)
-    mean = summed / weights.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(mean, p=2, dim=1)
+    return torch.nn.functional.normalize(masked_mean(hidden, mask), p=2, dim=1)
 
 
 def _max_length(directory: Path, config: Any, tokenizer: Any) -> int:
