@@ -148,6 +148,9 @@ def main() -> None:
     args = p.parse_args()
     if args.arm:
         return run_arm(args.arm)
+    import torch
+
+    torch.set_num_threads(args.threads)  # the arms' count, which machine() reports
     arms: list[float | None] = [None, *args.epsilons]
     t0 = time.perf_counter()
     results: dict[float | None, list[dict[str, Any]]] = {a: [] for a in arms}
