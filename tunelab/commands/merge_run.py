@@ -10,6 +10,7 @@ from tunelab.errors import AdapterError
 from tunelab.io import DiskFullError, atomic_dir, fault_point
 from tunelab.methods.peft_format import merge as merge_layers
 from tunelab.models.load import AUTO_CLASSES
+from tunelab.runs.layout import read_run_info
 from tunelab.runs.trained import load_trained
 
 
@@ -28,11 +29,12 @@ def merge_one(args: list[Path], options: list[str] | None = None) -> Path:
 
 
 def merge(run_dir: Path, out: Path) -> Path:
-    model, tokenizer, info = load_trained(run_dir)
-    if info.get("pooling") == "mean":  # transformers would rebuild BERT's pooler, untrained
+    if read_run_info(run_dir).get("pooling") == "mean":  # checked before any weights load:
+        # transformers would rebuild BERT's pooler, untrained
         raise AdapterError(f"merge: {run_dir} trained with model.pooling: mean, which a plain "
                            "transformers classifier cannot express (it would read its pooler "
                            "instead); keep the run directory, or export it --to onnx")
+    model, tokenizer, info = load_trained(run_dir)
     n = merge_layers(model)
     write_model(model, tokenizer, out)
     auto = AUTO_CLASSES.get(info.get("route", info["task"]), "AutoModel")

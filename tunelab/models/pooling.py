@@ -21,6 +21,7 @@ from torch import nn
 
 from tunelab.errors import ModelError
 
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The average of the (B, T, H) states over the tokens whose mask is 1: (B, H)."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)

@@ -169,11 +169,12 @@ def load_run_base(run_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
         model = load_masked_lm(base, weights_from=full)[0]
     elif info.get("route") == "seq2seq":
         model = load_seq2seq(base, weights_from=full)
+    elif info["task"] == "token_classification":
+        model = load_token_classifier(base, info["labels"], weights_from=full,
+                                      pad_token_id=tokenizer.pad_token_id)
     else:
-        pooling = {"pooling": info["pooling"]} if info.get("pooling") else {}
-        load = load_token_classifier if info["task"] == "token_classification" else load_classifier
-        model = load(base, info["labels"], weights_from=full, pad_token_id=tokenizer.pad_token_id,
-                     **pooling)
+        model = load_classifier(base, info["labels"], weights_from=full,
+                                pad_token_id=tokenizer.pad_token_id, pooling=info.get("pooling"))
     if info.get("quantize"):  # the adapter trained on this quantized base: load it on the same
         quantize_model(model, info["quantize"]["scheme"], info["quantize"]["compute_dtype"])
     model.eval()
