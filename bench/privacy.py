@@ -4,6 +4,7 @@ the same examples seen and the same settings, with time and peak memory per step
     python bench/privacy.py [--epsilons 1 3 8] [--steps 80] [--batch-size 64] [--accum 8]
                             [--seeds 0] [--lr 5e-3] [--r 8] [--targets all-linear]
                             [--pooling mean|cls] [--dp-optimizer adamw|sgd] [--dp-lr LR]
+                            [--head-lr-scale S] [--dp-head-lr-scale S]
                             [--threads 1] [--jobs 1] [--no-write]
 
 Every arm trains LoRA (rank --r, alpha 2r) on --targets of MiniLM (dropout 0: DP-SGD refuses
@@ -51,7 +52,7 @@ def tree(args: argparse.Namespace, epsilon: float | None, seed: int, out: Path) 
         "train": {"batch_size": args.batch_size, "grad_accum": args.accum, "lr": args.lr,
                   "max_steps": args.steps, "schedule": "linear", "warmup_ratio": 0.06,
                   "seed": seed, "log_every": 10, "checkpoint_every": 1_000_000,
-                  "load_best_at_end": False},
+                  "load_best_at_end": False, "head_lr_scale": args.head_lr_scale},
         "output_dir": str(out)}
     if epsilon is not None:
         cfg["privacy"] = {"target_epsilon": epsilon, "max_grad_norm": 1.0}
@@ -59,6 +60,8 @@ def tree(args: argparse.Namespace, epsilon: float | None, seed: int, out: Path) 
             cfg["train"].update(optimizer="sgd", momentum=0.0)
         if args.dp_lr is not None:
             cfg["train"]["lr"] = args.dp_lr
+        if args.dp_head_lr_scale is not None:
+            cfg["train"]["head_lr_scale"] = args.dp_head_lr_scale
     return cfg
 
 
@@ -110,10 +113,18 @@ def goals(results: dict[float | None, list[dict[str, Any]]], base_acc: float,
 
 
 def private_optimizer(args: argparse.Namespace) -> str:
-    """How the private arms' optimizer differs from the non-private arm's, in words."""
+    """The head's rate, and how the private arms' optimizer differs from the non-private
+    arm's, in words."""
+    head = (f", the head at lr x {args.head_lr_scale:g} (train.head_lr_scale)"
+            if args.head_lr_scale != 1 else "")
+    private = []
     if args.dp_optimizer == "sgd":
-        return f" (private arms: SGD without momentum, lr {args.dp_lr or args.lr:g})"
-    return f" (private arms: lr {args.dp_lr:g})" if args.dp_lr is not None else ""
+        private.append(f"SGD without momentum, lr {args.dp_lr or args.lr:g}")
+    elif args.dp_lr is not None:
+        private.append(f"lr {args.dp_lr:g}")
+    if args.dp_head_lr_scale is not None:
+        private.append(f"the head at lr x {args.dp_head_lr_scale:g}")
+    return head + (f" (private arms: {', '.join(private)})" if private else "")
 
 
 def spread(values: list[float]) -> str:
@@ -134,6 +145,10 @@ def main() -> None:
                         "early on, random-walk at lr per step; SGD moves them by lr x the "
                         "noise (sigma C / B per coordinate)")
     p.add_argument("--dp-lr", type=float, default=None, help="the private arms' lr (default --lr)")
+    p.add_argument("--head-lr-scale", type=float, default=1.0,
+                   help="train.head_lr_scale in every arm: the head trains at lr x this")
+    p.add_argument("--dp-head-lr-scale", type=float, default=None,
+                   help="the private arms' train.head_lr_scale (default --head-lr-scale)")
     p.add_argument("--r", type=int, default=8, help="LoRA rank (alpha 2r)")
     p.add_argument("--targets", nargs="+", default=["all-linear"],
                    help="LoRA targets: all-linear, or module names such as query value")

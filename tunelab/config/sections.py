@@ -109,6 +109,8 @@ class TrainConfig(StrictModel):
     bucket_by_length: bool = True  # batches of similar length: almost no padding
     optimizer: Literal["adamw", "sgd", "rmsprop"] = "adamw"
     lr: float = Field(5e-4, gt=0.0, le=1.0)
+    # the task head (classifier, tagger) trains at lr x this; the adapter at lr
+    head_lr_scale: float = Field(1.0, gt=0.0, le=100.0)
     weight_decay: float = Field(0.01, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd and rmsprop
     schedule: Literal["constant", "linear", "cosine"] = "linear"

@@ -100,7 +100,7 @@ def build_stages(cfg: ContinualRun, log: Callable[[str], None], per_stage_adapte
         models.setdefault(stage.head_name, s.model)
         setups.append(s)
     model = MultiTaskModel(models, "per_task" if per_stage_adapter else "shared")
-    report = methods.apply(model, cfg.method)
+    report = methods.apply(model, cfg.method, cfg.train.head_lr_scale)
     for line in report.lines():
         log(line)
     if cfg.model.init_adapter:  # the trained stages' weights: into the first stage's model

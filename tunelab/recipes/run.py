@@ -184,7 +184,7 @@ def build_run(cfg: RunConfig, log: Callable[[str], None], splits: Any,
     if cfg.model.quantize is not None:  # the frozen base in 4 or 8 bits, before the method
         for line in quantize_model(s.model, cfg.model.quantize, cfg.model.compute_dtype).lines():
             log(line)
-    report = methods.apply(s.model, cfg.method)
+    report = methods.apply(s.model, cfg.method, cfg.train.head_lr_scale)
     for line in report.lines():
         log(line)
     if cfg.model.init_adapter:
