@@ -75,6 +75,8 @@ def test_info_prints_matches_and_counts(tiny_model_dir, tiny_data, tmp_path, cap
     # 2 layers x r=4 x (32 in + 32 out) LoRA params + classifier 32*2+2
     assert "trainable parameters: 578 / " in out
     assert not (tmp_path / "o").exists()  # info trains nothing and writes nothing
+    assert main(["info", str(path), "train.head_lr_scale=3"]) == 0
+    assert "task head trains at train.lr x 3 (2 tensors)\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -46,7 +46,7 @@ def info(cfg: RunConfig) -> None:
     if cfg.model.quantize is not None:  # as a run quantizes its base: before the method
         for line in quantize_model(model, cfg.model.quantize, cfg.model.compute_dtype).lines():
             print(line)
-    for line in methods.apply(model, cfg.method).lines(max_names=50):
+    for line in methods.apply(model, cfg.method, cfg.train.head_lr_scale).lines(max_names=50):
         print(line)
     pruned = read_record(path)  # model.name is a `tunelab prune` output
     for line in describe(pruned) if pruned else []:
