@@ -20,7 +20,7 @@ def apply(model: nn.Module, cfg: StrictModel, head_lr_scale: float = 1.0) -> App
     if head_lr_scale != 1.0:
         prefixes = tuple(f"{h}." for h in report.head)
         names = [n for n, p in model.named_parameters()
-                 if p.requires_grad and prefixes and n.startswith(prefixes)]
+                 if p.requires_grad and n.startswith(prefixes)]  # () matches nothing
         if not names:
             raise ConfigError(f"train.head_lr_scale is {head_lr_scale:g}, but this model has no "
                               "separate task head to scale (a language model's output layer is "
